@@ -1,0 +1,1 @@
+"""Pure protocol conversion between Anthropic Messages and OpenAI Chat Completions (no I/O)."""
