@@ -1,0 +1,353 @@
+"""Load and validate the TOML config file into typed, frozen settings.
+
+Configuration is data: the rest of the gateway reads these dataclasses and never the raw
+TOML. Every mistake in the file becomes one `ConfigError` that names the file, the key and
+what is wrong, so the CLI can print one line and exit 2 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+PROTOCOLS = ("openai", "anthropic", "demo")
+REASONING_STYLES = ("dashscope", "deepseek", "openai")
+
+
+class ConfigError(Exception):
+    """A config file problem, already phrased for the operator."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    max_body_bytes: int = 32 * 1024 * 1024
+    shutdown_grace: float = 30.0
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    path: str = "data/llmapi.db"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrice:
+    """Price per million tokens in the provider's currency."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cached_input: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    protocol: str
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    timeout: float = 300.0
+    connect_timeout: float = 10.0
+    first_byte_timeout: float = 120.0
+    idle_timeout: float = 120.0
+    models: Mapping[str, str] = field(default_factory=dict)
+    max_output_tokens: Mapping[str, int] = field(default_factory=dict)
+    reasoning: str | None = None
+    reasoning_model: str | None = None
+    send_top_k: bool = False
+    inject_cache_control: bool = False
+    normalize_prompt_cache: bool = False
+    count_tokens: bool = False
+    currency: str = "CNY"
+    pricing: Mapping[str, ModelPrice] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanConfig:
+    name: str
+    price_month: float = 0.0
+    monthly_tokens: int = 0
+    rpm: int = 0
+    rpd: int = 0
+    max_keys: int = 1
+    max_input_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    providers: tuple[ProviderConfig, ...] = ()
+    plans: tuple[PlanConfig, ...] = ()
+    source: str = "<defaults>"
+    base_dir: Path = field(default_factory=Path.cwd)
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file, relative paths taken from the directory the gateway runs in."""
+        path = Path(self.database.path)
+        return path if path.is_absolute() else self.base_dir / path
+
+    @property
+    def data_dir(self) -> Path:
+        """Folder for the database and generated secrets."""
+        return self.database_path.parent
+
+    @property
+    def public_url(self) -> str:
+        return self.server.public_url or f"http://{self.server.host}:{self.server.port}"
+
+
+DEMO_PROVIDER = ProviderConfig(
+    name="demo", protocol="demo", models={"default": "demo"}, first_byte_timeout=5.0
+)
+
+
+class _Reader:
+    """Typed access to one TOML table that reports mistakes with the full dotted key."""
+
+    def __init__(self, source: str, prefix: str, table: Any) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(source, prefix, "must be a table")
+        self.source = source
+        self.prefix = prefix
+        self.table: dict[str, Any] = table
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, self.key(name), problem)
+
+    def get(self, name: str, kind: type[T], default: T) -> T:
+        self.seen.add(name)
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.error(name, f"must be {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def non_negative(self, name: str, kind: type[T], default: T) -> T:
+        value = self.get(name, kind, default)
+        if value < 0:  # type: ignore[operator]
+            raise self.error(name, f"must not be negative, got {value!r}")
+        return value
+
+    def positive(self, name: str, kind: type[T], default: T) -> T:
+        value = self.get(name, kind, default)
+        if value <= 0:  # type: ignore[operator]
+            raise self.error(name, f"must be greater than 0, got {value!r}")
+        return value
+
+    def sub(self, name: str) -> _Reader:
+        self.seen.add(name)
+        return _Reader(self.source, self.key(name), self.table.get(name, {}))
+
+    def finish(self) -> None:
+        """Unknown keys are almost always typos: refuse them rather than ignore them."""
+        unknown = sorted(set(self.table) - self.seen)
+        if unknown:
+            raise self.error(unknown[0], "unknown key")
+
+
+def _kind_name(kind: type[Any]) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            dict: "a table", list: "a list"}.get(kind, kind.__name__)
+
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+
+def _server(r: _Reader) -> ServerConfig:
+    d = ServerConfig()
+    server = ServerConfig(
+        host=r.get("host", str, d.host),
+        port=r.get("port", int, d.port),
+        public_url=r.get("public_url", str, d.public_url).rstrip("/"),
+        max_body_bytes=r.positive("max_body_bytes", int, d.max_body_bytes),
+        shutdown_grace=r.non_negative("shutdown_grace", float, d.shutdown_grace),
+        access_log=r.get("access_log", bool, d.access_log),
+    )
+    if not 0 <= server.port <= 65535:
+        raise r.error("port", f"must be between 0 and 65535, got {server.port}")
+    if server.public_url and not server.public_url.startswith(("http://", "https://")):
+        raise r.error("public_url", "must start with http:// or https://")
+    r.finish()
+    return server
+
+
+def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
+    name = r.get("name", str, "")
+    if not _NAME.match(name):
+        raise r.error("name", "must be a lower-case name like \"dashscope\"")
+    protocol = r.get("protocol", str, "openai")
+    if protocol not in PROTOCOLS:
+        raise r.error("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    base_url = r.get("base_url", str, "").rstrip("/")
+    if protocol != "demo" and not base_url.startswith(("http://", "https://")):
+        raise r.error("base_url", "must be an http:// or https:// URL")
+    env_key = f"LLMAPI_PROVIDER_{name.upper().replace('-', '_')}_API_KEY"
+    api_key = env.get(env_key) or r.get("api_key", str, "")
+    r.seen.add("api_key")
+
+    models_r = r.sub("models")
+    models = {k: models_r.get(k, str, "") for k in models_r.table}
+    for k, v in models.items():
+        if not v:
+            raise models_r.error(k, "must be a non-empty upstream model name")
+    limits_r = r.sub("max_output_tokens")
+    limits = {k: limits_r.positive(k, int, 1) for k in limits_r.table}
+
+    pricing_r = r.sub("pricing")
+    pricing: dict[str, ModelPrice] = {}
+    for model in pricing_r.table:
+        p = pricing_r.sub(model)
+        pricing[model] = ModelPrice(
+            input=p.non_negative("input", float, 0.0),
+            output=p.non_negative("output", float, 0.0),
+            cached_input=p.non_negative("cached_input", float, p.table.get("input", 0.0)),
+        )
+        p.finish()
+
+    reasoning = r.get("reasoning", str, "") or None
+    if reasoning is not None and reasoning not in REASONING_STYLES:
+        raise r.error("reasoning", f"must be one of {', '.join(REASONING_STYLES)}")
+    d = ProviderConfig(name=name, protocol=protocol)
+    timeout = r.positive("timeout", float, d.timeout)
+    provider = ProviderConfig(
+        name=name,
+        protocol=protocol,
+        base_url=base_url,
+        api_key=api_key,
+        timeout=timeout,
+        connect_timeout=r.positive("connect_timeout", float, min(d.connect_timeout, timeout)),
+        first_byte_timeout=r.positive("first_byte_timeout", float,
+                                      min(d.first_byte_timeout, timeout)),
+        idle_timeout=r.positive("idle_timeout", float, min(d.idle_timeout, timeout)),
+        models=models or {"default": "default"} if protocol == "demo" else models,
+        max_output_tokens=limits,
+        reasoning=reasoning,
+        reasoning_model=r.get("reasoning_model", str, "") or None,
+        send_top_k=r.get("send_top_k", bool, False),
+        inject_cache_control=r.get("inject_cache_control", bool, False),
+        normalize_prompt_cache=r.get("normalize_prompt_cache", bool, False),
+        count_tokens=r.get("count_tokens", bool, protocol == "anthropic"),
+        currency=r.get("currency", str, d.currency),
+        pricing=pricing,
+    )
+    if protocol != "demo" and not provider.models:
+        raise r.error("models", "must map at least one client model (e.g. default = \"...\")")
+    r.finish()
+    return provider
+
+
+def _plan(r: _Reader, base: PlanConfig | None) -> PlanConfig:
+    name = r.get("name", str, "")
+    if not _NAME.match(name):
+        raise r.error("name", "must be a lower-case name like \"team\"")
+    d = base or PlanConfig(name=name)
+    plan = PlanConfig(
+        name=name,
+        price_month=r.non_negative("price_month", float, d.price_month),
+        monthly_tokens=r.non_negative("monthly_tokens", int, d.monthly_tokens),
+        rpm=r.non_negative("rpm", int, d.rpm),
+        rpd=r.non_negative("rpd", int, d.rpd),
+        max_keys=r.non_negative("max_keys", int, d.max_keys),
+        max_input_tokens=r.non_negative("max_input_tokens", int, d.max_input_tokens),
+    )
+    r.finish()
+    return plan
+
+
+BUILTIN_PLANS: tuple[PlanConfig, ...] = (
+    PlanConfig("free", price_month=0, monthly_tokens=50_000, rpm=10, rpd=0, max_keys=1,
+               max_input_tokens=64_000),
+    PlanConfig("starter", price_month=9, monthly_tokens=2_000_000, rpm=30, max_keys=3),
+    PlanConfig("pro", price_month=29, monthly_tokens=10_000_000, rpm=60, max_keys=5),
+    PlanConfig("team", price_month=99, monthly_tokens=50_000_000, rpm=120, max_keys=10),
+)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>",
+                 env: Mapping[str, str] | None = None, base_dir: Path | None = None) -> Config:
+    """Turn a parsed TOML document into `Config`, raising `ConfigError` on the first mistake."""
+    env = os.environ if env is None else env
+    root = _Reader(source, "", data)
+    server = _server(root.sub("server"))
+    db_r = root.sub("database")
+    database = DatabaseConfig(path=db_r.get("path", str, DatabaseConfig().path))
+    if not database.path:
+        raise db_r.error("path", "must not be empty")
+    db_r.finish()
+
+    providers: list[ProviderConfig] = []
+    for i, table in enumerate(root.get("providers", list, [])):
+        providers.append(_provider(_Reader(source, f"providers[{i}]", table), env))
+    names = [p.name for p in providers]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(source, f"providers[{i}].name", f"duplicate provider {name!r}")
+
+    plans = {p.name: p for p in BUILTIN_PLANS}
+    for i, table in enumerate(root.get("plans", list, [])):
+        reader = _Reader(source, f"plans[{i}]", table)
+        plan_name = table.get("name") if isinstance(table, dict) else None
+        plan = _plan(reader, plans.get(plan_name) if isinstance(plan_name, str) else None)
+        plans[plan.name] = plan
+    root.finish()
+    return Config(
+        server=server,
+        database=database,
+        providers=tuple(providers) or (DEMO_PROVIDER,),
+        plans=tuple(plans.values()),
+        source=source,
+        base_dir=base_dir or Path.cwd(),
+    )
+
+
+def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read the config named by `path` or `LLMAPI_CONFIG`; built-in defaults when neither."""
+    env = os.environ if env is None else env
+    path = path or env.get("LLMAPI_CONFIG") or None
+    if path is None:
+        return parse_config({}, env=env)
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(file), "(file)", f"cannot be read: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(str(file), "(file)", "is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), "(syntax)", str(exc)) from None
+    return parse_config(data, source=str(file), env=env, base_dir=Path.cwd())
+
+
+def override_server(config: Config, host: str | None, port: int | None) -> Config:
+    """Apply `--host/--port` from the command line on top of the file."""
+    from dataclasses import replace
+
+    server = replace(config.server, host=host or config.server.host,
+                     port=config.server.port if port is None else port)
+    return replace(config, server=server)

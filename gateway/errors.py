@@ -1,0 +1,42 @@
+"""Anthropic-shaped errors: one exception type, one body encoder, one status table."""
+
+from __future__ import annotations
+
+import orjson
+
+# Anthropic error type -> HTTP status (PROTOCOL.md section 2).
+STATUS_OF: dict[str, int] = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "timeout_error": 504,
+    "overloaded_error": 529,
+}
+
+
+class ApiError(Exception):
+    """An error to send to the client as `{"type":"error","error":{...}}` with its status."""
+
+    def __init__(self, error_type: str, message: str, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.status = status if status is not None else STATUS_OF.get(error_type, 500)
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return error_body(self.error_type, self.message)
+
+
+def error_body(error_type: str, message: str) -> bytes:
+    return orjson.dumps({"type": "error", "error": {"type": error_type, "message": message}})
+
+
+def invalid_request(message: str) -> ApiError:
+    return ApiError("invalid_request_error", message)

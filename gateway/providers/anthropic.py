@@ -1,0 +1,198 @@
+"""Provider for `protocol = "anthropic"`: pass-through to an Anthropic-compatible endpoint.
+
+Only the model name is rewritten. The upstream's stream bytes go to the client untouched as
+they arrive; `AnthropicUsageTap` watches them for usage without re-serializing anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import ProviderConfig
+from gateway.protocol.anthropic_events import error_event
+from gateway.protocol.anthropic_tap import AnthropicUsageTap
+from gateway.protocol.openai_response import anthropic_error_from_openai
+from gateway.protocol.usage import Usage
+from gateway.providers.base import Call, Reply, UpstreamError
+from gateway.providers.http import (
+    BufferedReply,
+    client_session,
+    first_output,
+    open_upstream,
+    read_body,
+    status_error,
+    transport_error,
+)
+
+TRUNCATED = "the upstream stream ended before message_stop"
+
+
+class PassThroughReply:
+    """Forwards complete SSE events as they arrive, tapping usage on the way."""
+
+    stream = True
+    body = b""
+
+    def __init__(self, response: aiohttp.ClientResponse, provider: str) -> None:
+        self._response = response
+        self._provider = provider
+        self._tap = AnthropicUsageTap()
+        self._ended = False
+        self._reads = self._forwarded()
+        self._first = b""
+
+    async def _forwarded(self) -> AsyncIterator[bytes]:
+        # Forward only up to the last complete event, so a stream that breaks mid-event can
+        # still be ended with a clean `error` event instead of a half-written one.
+        tail = b""
+        tap = self._tap
+        try:
+            async for data in self._response.content.iter_any():
+                tap.feed(data)
+                data = tail + data if tail else data
+                cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
+                if cut > 3:
+                    tail = data[cut:]
+                    yield data[:cut]
+                else:
+                    tail = data
+        except TimeoutError:
+            yield self.abort("api_error", f"upstream provider {self._provider} stalled "
+                                          "mid-answer")
+            return
+        except aiohttp.ClientError as exc:
+            yield self.abort("api_error", f"upstream provider {self._provider} broke off "
+                                          f"mid-answer ({type(exc).__name__})")
+            return
+        tap.close()
+        if tail.strip():
+            yield tail + b"\n\n"
+        if not (tap.saw_message_stop or tap.error):
+            yield self.abort("api_error", TRUNCATED)
+        self._ended = True
+
+    async def start(self, config: ProviderConfig) -> None:
+        self._first = await first_output(self._reads, config)
+        if self._tap.error is not None and not self._tap.saw_message_start:
+            error_type, message = self._tap.error
+            await self.close()
+            retryable = error_type in ("overloaded_error", "api_error", "rate_limit_error")
+            raise UpstreamError(self._provider, "stream_error", message, client_status=529,
+                                error_type="overloaded_error" if retryable else error_type,
+                                retryable=retryable)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._first:
+            yield self._first
+        async for out in self._reads:
+            if out:
+                yield out
+
+    @property
+    def usage(self) -> Usage:
+        return self._tap.usage
+
+    @property
+    def failed(self) -> tuple[str, str] | None:
+        return self._tap.error
+
+    def abort(self, error_type: str, message: str) -> bytes:
+        if self._ended or self._tap.saw_message_stop or self._tap.error:
+            return b""
+        self._ended = True
+        self._tap.error = (error_type, message)
+        return error_event(error_type, message)
+
+    async def close(self) -> None:
+        await self._reads.aclose()
+        self._response.close()
+
+
+class AnthropicProvider:
+    """Relays Messages requests to an Anthropic-compatible upstream."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.url = config.base_url + "/v1/messages"
+        self._session = client_session(config)
+        key = config.api_key
+        # Vendors differ on which header they read; both carry the same provider key.
+        self._auth = {"x-api-key": key, "Authorization": f"Bearer {key}"} if key else {}
+
+    def _payload(self, call: Call, body: dict[str, Any]) -> bytes:
+        body = {**body, "model": call.upstream_model}
+        if self.config.inject_cache_control:
+            body["system"] = with_cache_control(body.get("system"))
+        return orjson.dumps(body)
+
+    def _headers(self, call: Call) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", **self._auth}
+        headers["anthropic-version"] = call.headers.get("anthropic-version", "2023-06-01")
+        if "anthropic-beta" in call.headers:
+            headers["anthropic-beta"] = call.headers["anthropic-beta"]
+        return headers
+
+    async def send(self, call: Call) -> Reply:
+        response = await open_upstream(self._session, self.config, self.url,
+                                       self._payload(call, call.body), self._headers(call))
+        if response.status != 200:
+            body = await read_body(response, self.config)
+            raise status_error(self.config.name, response.status,
+                               anthropic_error_from_openai(response.status, body),
+                               response.headers.get("retry-after"))
+        if not call.stream:
+            raw = await read_body(response, self.config)
+            return BufferedReply(raw, usage_of_message(raw))
+        reply = PassThroughReply(response, self.config.name)
+        await reply.start(self.config)
+        return reply
+
+    async def count_tokens(self, call: Call) -> int | None:
+        if not self.config.count_tokens:
+            return None
+        body = {k: v for k, v in call.body.items() if k not in ("max_tokens", "stream")}
+        try:
+            response = await open_upstream(self._session, self.config, self.url + "/count_tokens",
+                                           self._payload(call, body), self._headers(call))
+            raw = await read_body(response, self.config)
+        except UpstreamError:
+            return None
+        if response.status != 200:
+            return None
+        try:
+            value = orjson.loads(raw).get("input_tokens")
+        except (orjson.JSONDecodeError, AttributeError):
+            return None
+        return value if isinstance(value, int) else None
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+def usage_of_message(raw: bytes) -> Usage:
+    try:
+        usage = orjson.loads(raw).get("usage") or {}
+    except (orjson.JSONDecodeError, AttributeError):
+        return Usage(estimated=True)
+    return Usage(
+        input_tokens=int(usage.get("input_tokens") or 0),
+        output_tokens=int(usage.get("output_tokens") or 0),
+        cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
+        cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+    )
+
+
+def with_cache_control(system: Any) -> Any:
+    """Mark the last system block for prompt caching, for upstreams that need it explicit."""
+    if isinstance(system, str) and system:
+        return [{"type": "text", "text": system, "cache_control": {"type": "ephemeral"}}]
+    if isinstance(system, list) and system and isinstance(system[-1], dict):
+        return [*system[:-1], {**system[-1], "cache_control": {"type": "ephemeral"}}]
+    return system
+
+
+__all__ = ["AnthropicProvider", "transport_error"]

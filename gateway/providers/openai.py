@@ -1,0 +1,162 @@
+"""Provider for `protocol = "openai"`: any Chat Completions endpoint (DashScope, DeepSeek, ...).
+
+Request: Anthropic body -> OpenAI body (gateway.protocol.openai_request).
+Reply: non-stream JSON converted whole; a stream converted read by read by
+`OpenAIStreamConverter`, so each upstream byte is parsed exactly once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+
+from gateway.config import ProviderConfig
+from gateway.protocol.cache_normalize import normalize_volatile_system
+from gateway.protocol.openai_request import OpenAIOptions, to_openai_request
+from gateway.protocol.openai_response import anthropic_error_from_openai, to_anthropic_message
+from gateway.protocol.openai_stream import OpenAIStreamConverter
+from gateway.protocol.usage import Usage
+from gateway.providers.base import Call, Reply, UpstreamError
+from gateway.providers.http import (
+    BufferedReply,
+    client_session,
+    first_output,
+    open_upstream,
+    read_body,
+    status_error,
+    transport_error,
+)
+
+
+class OpenAIStreamReply:
+    """An upstream Chat Completions stream, converted to Anthropic SSE as it arrives."""
+
+    stream = True
+    body = b""
+
+    def __init__(self, response: aiohttp.ClientResponse, converter: OpenAIStreamConverter,
+                 provider: str) -> None:
+        self._response = response
+        self._conv = converter
+        self._provider = provider
+        self._reads = self._converted()
+        self._first = b""
+
+    async def _converted(self) -> AsyncIterator[bytes]:
+        """Converted bytes per upstream read; upstream failures end in an `error` event."""
+        conv = self._conv
+        try:
+            async for data in self._response.content.iter_any():
+                out = conv.feed(data)
+                if out:
+                    yield out
+                if conv.done:
+                    return
+        except TimeoutError:
+            yield conv.abort("api_error",
+                             f"upstream provider {self._provider} stalled mid-answer")
+            return
+        except aiohttp.ClientError as exc:
+            yield conv.abort("api_error", f"upstream provider {self._provider} broke off "
+                                          f"mid-answer ({type(exc).__name__})")
+            return
+        yield conv.finish()
+
+    async def start(self, config: ProviderConfig) -> None:
+        """Read up to the first converted bytes, so an upstream that fails right away can
+        still be replaced by another provider."""
+        self._first = await first_output(self._reads, config)
+        if self._conv.error is not None and not self._conv.usage.output_tokens:
+            _error_type, message = self._conv.error
+            await self.close()
+            raise UpstreamError(self._provider, "stream_error", message, client_status=529,
+                                error_type="overloaded_error", retryable=True)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._first:
+            yield self._first
+        async for out in self._reads:
+            if out:
+                yield out
+
+    @property
+    def usage(self) -> Usage:
+        return self._conv.usage
+
+    @property
+    def failed(self) -> tuple[str, str] | None:
+        return self._conv.error
+
+    def abort(self, error_type: str, message: str) -> bytes:
+        return self._conv.abort(error_type, message)
+
+    async def close(self) -> None:
+        await self._reads.aclose()
+        # close(), not release(): an unfinished upstream stream must not go back to the pool
+        self._response.close()
+
+
+class OpenAIProvider:
+    """Talks Chat Completions to one configured upstream."""
+
+    def __init__(self, config: ProviderConfig) -> None:
+        self.config = config
+        self.url = config.base_url + "/chat/completions"
+        self._session = client_session(config)
+        self._auth = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+
+    def options_for(self, upstream_model: str) -> OpenAIOptions:
+        c = self.config
+        return OpenAIOptions(
+            max_output_tokens=c.max_output_tokens.get(upstream_model)
+            or c.max_output_tokens.get("default"),
+            reasoning=c.reasoning, reasoning_model=c.reasoning_model, send_top_k=c.send_top_k)
+
+    async def send(self, call: Call) -> Reply:
+        source = normalize_volatile_system(call.body) if self.config.normalize_prompt_cache \
+            else call.body
+        payload = to_openai_request(source, call.upstream_model,
+                                    self.options_for(call.upstream_model))
+        headers = {"Content-Type": "application/json", **self._auth}
+        response = await open_upstream(self._session, self.config, self.url,
+                                       orjson.dumps(payload), headers)
+        if response.status != 200:
+            body = await read_body(response, self.config)
+            raise status_error(self.config.name, response.status,
+                               anthropic_error_from_openai(response.status, body),
+                               response.headers.get("retry-after"))
+        if not call.stream:
+            return self._complete(call, await read_body(response, self.config))
+        stop = call.body.get("stop_sequences")
+        conv = OpenAIStreamConverter(call.client_model, call.message_id, call.input_estimate,
+                                     stop if isinstance(stop, list) else None)
+        reply = OpenAIStreamReply(response, conv, self.config.name)
+        await reply.start(self.config)
+        return reply
+
+    def _complete(self, call: Call, raw: bytes) -> BufferedReply:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(self.config.name, "bad_json",
+                                f"upstream provider {self.config.name} sent invalid JSON",
+                                client_status=502, error_type="api_error",
+                                retryable=True) from None
+        if not isinstance(body, dict) or ("error" in body and "choices" not in body):
+            raise status_error(self.config.name, 502,
+                               anthropic_error_from_openai(502, raw), None)
+        stop = call.body.get("stop_sequences")
+        message, usage = to_anthropic_message(body, call.client_model, call.message_id,
+                                              stop if isinstance(stop, list) else None)
+        return BufferedReply(orjson.dumps(message), usage)
+
+    async def count_tokens(self, call: Call) -> int | None:
+        return None
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+__all__ = ["OpenAIProvider", "transport_error"]

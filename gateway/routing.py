@@ -1,0 +1,78 @@
+"""Decide which provider and upstream model serve a request (never how to talk to it).
+
+Model mapping, per provider: the exact client model name, then a family word
+(opus / sonnet / haiku) found inside the name, then `default`. Context-size suffixes that
+Claude Code appends (`[1m]`, `-1m`) are ignored, so `claude-opus-5-5[1m]` maps like
+`claude-opus-5-5`, and model names newer than the config still work.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.config import ProviderConfig
+
+FAMILIES = ("opus", "sonnet", "haiku")
+_CONTEXT_SUFFIX = re.compile(r"(\[\d+[km]\]|-\d+[km])$", re.IGNORECASE)
+
+
+def base_model_name(model: str) -> str:
+    """`claude-sonnet-4-6[1m]` -> `claude-sonnet-4-6`."""
+    return _CONTEXT_SUFFIX.sub("", model.strip())
+
+
+def model_family(model: str) -> str | None:
+    lowered = model.lower()
+    for family in FAMILIES:
+        if family in lowered:
+            return family
+    return None
+
+
+def map_model(provider: ProviderConfig, client_model: str) -> str | None:
+    """The upstream model this provider uses for `client_model`, or None if it has none."""
+    models = provider.models
+    name = base_model_name(client_model)
+    if name in models:
+        return models[name]
+    if client_model in models:
+        return models[client_model]
+    family = model_family(name)
+    if family is not None and family in models:
+        return models[family]
+    return models.get("default")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    provider: ProviderConfig
+    upstream_model: str
+
+
+def candidates(providers: Sequence[ProviderConfig], client_model: str) -> list[Candidate]:
+    """Every provider that can serve the model, in configured priority order."""
+    found = []
+    for provider in providers:
+        upstream = map_model(provider, client_model)
+        if upstream is not None:
+            found.append(Candidate(provider, upstream))
+    return found
+
+
+def listed_models(providers: Sequence[ProviderConfig]) -> list[str]:
+    """Client model names worth advertising in `/v1/models`: the configured exact names,
+    plus a current Claude name for every family some provider maps (or maps by default)."""
+    names: list[str] = []
+    defaults = {"opus": "claude-opus-4-5", "sonnet": "claude-sonnet-4-5",
+                "haiku": "claude-haiku-4-5"}
+    for provider in providers:
+        for key in provider.models:
+            if key == "default" or key in FAMILIES:
+                continue
+            if key not in names:
+                names.append(key)
+    mapped = {f for p in providers for f in FAMILIES if f in p.models or "default" in p.models}
+    names.extend(defaults[f] for f in FAMILIES if f in mapped and defaults[f] not in names)
+    return names

@@ -1,0 +1,33 @@
+-- API keys: only the SHA-256 hash and a display prefix are stored.
+
+-- name: key_insert
+INSERT INTO api_keys (user_id, name, prefix, key_hash, created_at, updated_at)
+VALUES (:user_id, :name, :prefix, :key_hash, :now, :now);
+
+-- name: key_count_active
+SELECT COUNT(*) FROM api_keys WHERE user_id = :user_id AND revoked_at IS NULL;
+
+-- name: key_auth_by_hash
+-- Everything the hot path needs to authenticate and limit a request, in one row.
+SELECT k.id AS key_id, k.user_id, k.prefix, k.rpm_override, k.revoked_at,
+       u.status AS user_status, u.email, s.plan
+FROM api_keys k
+JOIN users u ON u.id = k.user_id
+LEFT JOIN subscriptions s ON s.user_id = k.user_id
+WHERE k.key_hash = :key_hash;
+
+-- name: key_auth_changed_since
+-- Keys whose key row, user row or subscription changed: the cache refreshes these.
+SELECT k.key_hash, k.id AS key_id, k.user_id, k.prefix, k.rpm_override, k.revoked_at,
+       u.status AS user_status, u.email, s.plan
+FROM api_keys k
+JOIN users u ON u.id = k.user_id
+LEFT JOIN subscriptions s ON s.user_id = k.user_id
+WHERE k.updated_at >= :since OR u.updated_at >= :since OR s.updated_at >= :since;
+
+-- name: key_revoke_by_prefix
+UPDATE api_keys SET revoked_at = :now, updated_at = :now
+WHERE prefix = :prefix AND revoked_at IS NULL;
+
+-- name: keys_by_prefix
+SELECT k.*, u.email FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.prefix = :prefix;

@@ -1,0 +1,24 @@
+-- Users and their subscriptions.
+
+-- name: user_insert
+INSERT INTO users (email, name, password_hash, is_admin, status, email_verified, created_at, updated_at)
+VALUES (:email, :name, :password_hash, :is_admin, :status, :email_verified, :now, :now);
+
+-- name: user_by_email
+SELECT * FROM users WHERE email = :email;
+
+-- name: user_by_id
+SELECT * FROM users WHERE id = :id;
+
+-- name: user_set_status
+UPDATE users SET status = :status, updated_at = :now WHERE email = :email;
+
+-- name: subscription_insert
+INSERT INTO subscriptions (user_id, plan, period_start, period_end, created_at, updated_at)
+VALUES (:user_id, :plan, :period_start, :period_end, :now, :now);
+
+-- name: subscription_by_user
+SELECT * FROM subscriptions WHERE user_id = :user_id;
+
+-- name: subscription_set_plan
+UPDATE subscriptions SET plan = :plan, updated_at = :now WHERE user_id = :user_id;

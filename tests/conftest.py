@@ -1,0 +1,127 @@
+"""Shared fixtures: real gateway servers on loopback with real SQLite files in temp dirs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.accounts import create_key, create_user
+from gateway.app import build_app
+from gateway.config import Config, parse_config
+from gateway.state import STATE
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_config(tmp_path: Path, data: dict[str, Any] | None = None) -> Config:
+    data = dict(data or {})
+    data.setdefault("database", {"path": str(tmp_path / "llmapi.db")})
+    return parse_config(data, source="test-config", env={}, base_dir=tmp_path)
+
+
+class Gateway:
+    """A running in-process gateway plus helpers to create users and keys in its database."""
+
+    def __init__(self, server: TestServer, app: web.Application) -> None:
+        self.server = server
+        self.app = app
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def state(self) -> Any:
+        return self.app[STATE]
+
+    async def new_key(self, email: str = "dev@example.com", plan: str = "free") -> str:
+        db = self.state.db
+        if await db.fetch_one("user_by_email", {"email": email}) is None:
+            await create_user(db, email, plan=plan)
+        return (await create_key(db, email)).raw
+
+
+GatewayFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def gateway_factory(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+    servers: list[TestServer] = []
+
+    async def start(data: dict[str, Any] | None = None) -> Gateway:
+        app = build_app(make_config(tmp_path, data))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return Gateway(server, app)
+
+    yield start
+    for server in reversed(servers):
+        await server.close()
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory) -> Gateway:
+    gw: Gateway = await gateway_factory()
+    return gw
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, cwd=cwd,
+                          timeout=timeout)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited early with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Start `python -m gateway ...` subprocesses; all are stopped at the end of the test."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None,
+              cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", *args], cwd=cwd,
+                                env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,80 @@
+"""Config parsing: defaults, environment secrets, plan overrides and precise errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+
+PROVIDER = {"name": "dashscope", "protocol": "openai", "base_url": "https://x.example/v1",
+            "models": {"default": "qwen3-coder-plus"}}
+
+
+def test_defaults_are_demo_provider_on_loopback() -> None:
+    config = parse_config({}, env={})
+    assert config.server.host == "127.0.0.1" and config.server.port == 8080
+    assert [p.name for p in config.providers] == ["demo"]
+    assert config.database.path == "data/llmapi.db"
+    assert {p.name for p in config.plans} == {"free", "starter", "pro", "team"}
+
+
+def test_builtin_plan_figures() -> None:
+    plans = {p.name: p for p in parse_config({}, env={}).plans}
+    assert (plans["free"].monthly_tokens, plans["free"].rpm, plans["free"].max_keys,
+            plans["free"].max_input_tokens, plans["free"].price_month) == (50_000, 10, 1, 64_000, 0)
+    assert (plans["starter"].monthly_tokens, plans["starter"].rpm, plans["starter"].max_keys,
+            plans["starter"].price_month) == (2_000_000, 30, 3, 9)
+    assert (plans["pro"].monthly_tokens, plans["pro"].rpm, plans["pro"].max_keys) == (
+        10_000_000, 60, 5)
+    assert (plans["team"].monthly_tokens, plans["team"].rpm, plans["team"].max_keys,
+            plans["team"].price_month) == (50_000_000, 120, 10, 99)
+
+
+def test_plan_override_keeps_unset_fields_and_adds_new_plans() -> None:
+    config = parse_config({"plans": [{"name": "team", "rpm": 500},
+                                     {"name": "bench", "rpm": 0, "monthly_tokens": 0}]}, env={})
+    plans = {p.name: p for p in config.plans}
+    assert plans["team"].rpm == 500 and plans["team"].monthly_tokens == 50_000_000
+    assert plans["bench"].rpm == 0
+
+
+def test_provider_key_from_environment_wins() -> None:
+    config = parse_config({"providers": [dict(PROVIDER, api_key="from-file")]},
+                          env={"LLMAPI_PROVIDER_DASHSCOPE_API_KEY": "from-env"})
+    assert config.providers[0].api_key == "from-env"
+    assert "from-env" not in repr(config.providers[0])
+
+
+def test_provider_timeouts() -> None:
+    config = parse_config({"providers": [dict(PROVIDER, timeout=60, connect_timeout=3,
+                                              first_byte_timeout=20)]}, env={})
+    p = config.providers[0]
+    assert (p.timeout, p.connect_timeout, p.first_byte_timeout) == (60, 3, 20)
+
+
+@pytest.mark.parametrize(("data", "key", "problem"), [
+    ({"server": {"port": "x"}}, "server.port", "integer"),
+    ({"server": {"port": 70000}}, "server.port", "65535"),
+    ({"server": {"prot": 1}}, "server.prot", "unknown key"),
+    ({"providers": [dict(PROVIDER, protocol="grpc")]}, "providers[0].protocol", "one of"),
+    ({"providers": [dict(PROVIDER, base_url="ftp://x")]}, "providers[0].base_url", "URL"),
+    ({"providers": [dict(PROVIDER, models={})]}, "providers[0].models", "at least one"),
+    ({"providers": [dict(PROVIDER, timeout=0)]}, "providers[0].timeout", "greater than 0"),
+    ({"providers": [PROVIDER, PROVIDER]}, "providers[1].name", "duplicate"),
+    ({"plans": [{"name": "team", "rpm": -1}]}, "plans[0].rpm", "negative"),
+    ({"bogus": {}}, "bogus", "unknown key"),
+])
+def test_mistakes_name_the_key(data: dict, key: str, problem: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="my.toml", env={})
+    assert info.value.key == key
+    assert problem in info.value.problem
+    assert str(info.value).startswith("my.toml: ")
+
+
+def test_load_config_reads_llmapi_config(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text('[server]\nport = 9999\n')
+    assert load_config(env={"LLMAPI_CONFIG": str(file)}).server.port == 9999
