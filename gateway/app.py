@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -109,9 +110,13 @@ async def handle_models(request: web.Request) -> web.Response:
     })
 
 
-async def handle_health(request: web.Request) -> web.Response:
-    state = request.app[STATE]
+def health_snapshot(state: GatewayState) -> dict[str, Any]:
+    """Overall status and per-provider state (also shown on the admin page)."""
     providers = {name: {"status": "ok", "protocol": p.config.protocol}
                  for name, p in state.providers.items()}
-    return web.json_response({"status": "ok", "uptime_s": round(time.time() - state.started_at),
-                              "providers": providers})
+    return {"status": "ok", "uptime_s": round(time.time() - state.started_at),
+            "providers": providers}
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return web.json_response(health_snapshot(request.app[STATE]))
