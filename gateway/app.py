@@ -26,7 +26,7 @@ from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.relay import api_key_from, handle_messages, parse_request
 from gateway.routing import listed_models
-from gateway.state import STATE, GatewayState
+from gateway.state import CONFIG, STATE, GatewayState
 from gateway.storage import Database, open_database
 
 
@@ -34,7 +34,7 @@ def build_app(config: Config) -> web.Application:
     """The whole gateway as one aiohttp application (used by `serve` and by tests)."""
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=config.server.max_body_bytes)
-    app["config"] = config
+    app[CONFIG] = config
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/messages", handle_messages)
     app.router.add_post("/v1/messages/count_tokens", handle_count_tokens)
@@ -71,7 +71,7 @@ def format_price(value: float) -> str:
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
-    config: Config = app["config"]
+    config = app[CONFIG]
     db = await open_database(config.database_path)
     await sync_plans(db, config.plans)
     keys = KeyCache(db)

@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.errors import ApiError, error_body
+from gateway.state import REQUEST_ID
 
 log = logging.getLogger("llmapi.http")
 
@@ -24,7 +25,7 @@ def _json_error(status: int, error_type: str, message: str, request_id: str,
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = "req_" + secrets.token_hex(12)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     try:
         response = await handler(request)
     except ApiError as exc:

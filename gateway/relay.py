@@ -22,7 +22,7 @@ from gateway.protocol.openai_request import validate_anthropic_request
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.providers.base import Call, Reply, UpstreamError
 from gateway.routing import candidates
-from gateway.state import STATE, GatewayState
+from gateway.state import REQUEST_ID, STATE, GatewayState
 
 log = logging.getLogger("llmapi.relay")
 
@@ -48,7 +48,7 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     body = parse_request(raw)
     call = Call(
         body=body, raw=raw, client_model=body["model"], upstream_model="",
-        stream=bool(body.get("stream")), request_id=request["request_id"],
+        stream=bool(body.get("stream")), request_id=request[REQUEST_ID],
         message_id="msg_" + secrets.token_hex(12),
         headers={h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers},
         input_estimate=estimate_input_tokens(body),
@@ -84,7 +84,7 @@ async def send_with_failover(state: GatewayState, call: Call) -> Reply:
 
 
 async def stream_reply(request: web.Request, reply: Reply) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": request["request_id"]})
+    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": request[REQUEST_ID]})
     await response.prepare(request)
     try:
         async for chunk in reply.chunks():

@@ -22,3 +22,5 @@ class GatewayState:
 
 
 STATE = web.AppKey("state", GatewayState)
+CONFIG = web.AppKey("config", Config)
+REQUEST_ID = web.RequestKey("request_id", str)
