@@ -8,7 +8,6 @@ provider; then the same in reverse on the way out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,8 +15,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.breaker import STATE_VALUE, Breaker
 from gateway.config import Config, PlanConfig, ProviderConfig
+from gateway.health import HealthChecker, cancel
 from gateway.keycache import KeyCache
+from gateway.limits import Limits
+from gateway.metrics import Gauge
 from gateway.middleware import errors_middleware
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.providers.anthropic import AnthropicProvider
@@ -28,6 +31,7 @@ from gateway.relay import api_key_from, handle_messages, parse_request
 from gateway.routing import listed_models
 from gateway.state import CONFIG, STATE, GatewayState
 from gateway.storage import Database, open_database
+from gateway.usage import NoopRecorder, UsageRecorder
 
 
 def build_app(config: Config) -> web.Application:
@@ -40,6 +44,7 @@ def build_app(config: Config) -> web.Application:
     app.router.add_post("/v1/messages/count_tokens", handle_count_tokens)
     app.router.add_get("/v1/models", handle_models)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/metrics", handle_metrics)
     return app
 
 
@@ -74,20 +79,66 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     db = await open_database(config.database_path)
     await sync_plans(db, config.plans)
-    keys = KeyCache(db)
-    state = GatewayState(config=config, db=db, keys=keys, started_at=time.time())
+    routing = config.routing
+    breakers = {p.name: Breaker(routing.breaker_failures, routing.breaker_cooldown)
+                for p in config.providers}
+    plans = {p.name: p for p in config.plans}
+    limits = Limits(db, plans) if config.server.accounting else None
+    recorder: UsageRecorder | NoopRecorder = (
+        UsageRecorder(db, limits, {p.name: p for p in config.providers}) if limits
+        else NoopRecorder())
+    state = GatewayState(
+        config=config, db=db, keys=KeyCache(db, on_change=limits.forget if limits else None),
+        limits=limits, recorder=recorder,
+        health=HealthChecker(config.providers, breakers, routing.health_interval),
+        breakers=breakers, started_at=time.time())
     state.providers = {p.name: make_provider(p) for p in config.providers}
+    register_gauges(state)
     app[STATE] = state
-    refresher = asyncio.create_task(keys.run_refresher(), name="key-cache-refresher")
+    recorder.start()
+    tasks = [asyncio.create_task(state.keys.run_refresher(), name="key-cache-refresher"),
+             asyncio.create_task(keepalive_pings(state), name="keepalive-pings")]
+    if routing.health_interval > 0 and state.health.providers:
+        tasks.append(asyncio.create_task(state.health.run(), name="health-checker"))
     try:
         yield
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
+        for task in tasks:
+            await cancel(task)
+        await recorder.stop()  # drains the queue: a clean shutdown loses no usage row
         for provider in state.providers.values():
             await provider.close()
         await db.close()
+
+
+PING = b'event: ping\ndata: {"type":"ping"}\n\n'
+PING_AFTER = 15.0  # seconds of silence before a keep-alive ping (pitfall 10)
+
+
+async def keepalive_pings(state: GatewayState) -> None:
+    """One task for all streams: a `ping` to any stream silent for 15 s, so proxies and
+    clients keep the connection open while an upstream thinks."""
+    while True:
+        await asyncio.sleep(PING_AFTER / 3)
+        now = time.monotonic()
+        for response, last in list(state.streams.items()):
+            if now - last >= PING_AFTER and response in state.streams:
+                state.streams[response] = now
+                try:
+                    await response.write(PING)
+                except (ConnectionError, RuntimeError):
+                    state.streams.pop(response, None)
+
+
+def register_gauges(state: GatewayState) -> None:
+    state.metrics.add_gauge(Gauge("llmapi_active_streams", "Client streams open now", (),
+                                  lambda: [((), len(state.streams))]))
+    state.metrics.add_gauge(Gauge(
+        "llmapi_breaker_state", "Circuit breaker per provider: 0 closed, 1 half-open, 2 open",
+        ("provider",),
+        lambda: [((name, ), STATE_VALUE[b.state]) for name, b in state.breakers.items()]))
+    state.metrics.add_gauge(Gauge("llmapi_usage_queue", "Usage rows waiting to be written",
+                                  (), lambda: [((), state.recorder.pending)]))
 
 
 async def handle_count_tokens(request: web.Request) -> web.Response:
@@ -111,12 +162,33 @@ async def handle_models(request: web.Request) -> web.Response:
 
 
 def health_snapshot(state: GatewayState) -> dict[str, Any]:
-    """Overall status and per-provider state (also shown on the admin page)."""
-    providers = {name: {"status": "ok", "protocol": p.config.protocol}
-                 for name, p in state.providers.items()}
-    return {"status": "ok", "uptime_s": round(time.time() - state.started_at),
-            "providers": providers}
+    """Overall status and per-provider state (also shown on the admin page).
+
+    A provider is usable while its breaker lets requests through and its last probe (if
+    any) succeeded; the gateway is "ok" while at least one provider is usable.
+    """
+    providers: dict[str, Any] = {}
+    for name, provider in state.providers.items():
+        breaker = state.breakers[name]
+        probe = state.health.snapshot(name)
+        usable = breaker.usable and probe["probe_ok"] is not False
+        providers[name] = {
+            "status": "ok" if usable else "down", "protocol": provider.config.protocol,
+            "breaker": breaker.state, "consecutive_failures": breaker.consecutive_failures,
+            **probe,
+        }
+    ok = any(p["status"] == "ok" for p in providers.values())
+    return {"status": "ok" if ok else "unavailable",
+            "uptime_s": round(time.time() - state.started_at),
+            "active_streams": len(state.streams), "providers": providers}
 
 
 async def handle_health(request: web.Request) -> web.Response:
-    return web.json_response(health_snapshot(request.app[STATE]))
+    snapshot = health_snapshot(request.app[STATE])
+    return web.json_response(snapshot, status=200 if snapshot["status"] == "ok" else 503)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[STATE].metrics.render(),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})

@@ -7,6 +7,8 @@ what is wrong, so the CLI can print one line and exit 2 instead of a traceback.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import tomllib
@@ -39,6 +41,7 @@ class ServerConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace: float = 30.0
     access_log: bool = True
+    accounting: bool = True  # false: no limits, no usage rows (benchmark baseline only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +91,89 @@ class PlanConfig:
     max_input_tokens: int = 0
 
 
+# --- The site: [web], [mail] and [google] (accounts, e-mail, optional Google sign-in) ---
+
+MAIL_SECURITY = ("starttls", "tls", "none")
+GOOGLE_JWKS_URL = "https://www.googleapis.com/oauth2/v3/certs"
+GOOGLE_AUTH_URL = "https://accounts.google.com/o/oauth2/v2/auth"
+GOOGLE_ISSUERS = ("https://accounts.google.com", "accounts.google.com")
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """Sessions and sign-in rules of the site."""
+
+    session_secret: str = field(default="", repr=False)  # Fernet key; "" = generated file
+    session_max_age: int = 30 * 86400                      # seconds a sign-in lasts
+    registration: bool = True                              # False: only the CLI adds users
+    login_failures_per_account: int = 5                    # within login_window
+    login_failures_per_ip: int = 30                        # within login_window
+    login_window: int = 900                                # seconds
+
+
+@dataclass(frozen=True, slots=True)
+class MailConfig:
+    """Outgoing e-mail; without `smtp_host` messages stay in the outbox table and the log."""
+
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: str = field(default="", repr=False)
+    security: str = "starttls"                             # starttls | tls | none
+    sender: str = "llmapi <noreply@localhost>"             # the `from` key
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class GoogleConfig:
+    """Optional Google sign-in; off while `client_id` is empty."""
+
+    client_id: str = ""
+    jwks_url: str = GOOGLE_JWKS_URL
+    auth_url: str = GOOGLE_AUTH_URL
+    issuers: tuple[str, ...] = GOOGLE_ISSUERS
+    keys_max_age: float = 3600.0                           # when the key URL sends no max-age
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.client_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A smart-routing target: this provider, this upstream model."""
+
+    provider: str
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    light: Route | None = None
+    coding: Route | None = None
+    light_max_messages: int = 4
+    max_attempts: int = 4          # upstream attempts per request, all providers together
+    retry_backoff: float = 0.05    # base of the jittered backoff before retrying a provider
+    max_retry_after: float = 5.0   # honour an upstream retry-after up to this many seconds
+    breaker_failures: int = 5      # consecutive failures that open a provider's breaker
+    breaker_cooldown: float = 30.0
+    health_interval: float = 30.0  # seconds between health probes; 0 turns them off
+
+    @property
+    def smart(self) -> bool:
+        return self.light is not None or self.coding is not None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     providers: tuple[ProviderConfig, ...] = ()
     plans: tuple[PlanConfig, ...] = ()
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
+    google: GoogleConfig = field(default_factory=GoogleConfig)
     source: str = "<defaults>"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -186,6 +266,7 @@ def _server(r: _Reader) -> ServerConfig:
         max_body_bytes=r.positive("max_body_bytes", int, d.max_body_bytes),
         shutdown_grace=r.non_negative("shutdown_grace", float, d.shutdown_grace),
         access_log=r.get("access_log", bool, d.access_log),
+        accounting=r.get("accounting", bool, d.accounting),
     )
     if not 0 <= server.port <= 65535:
         raise r.error("port", f"must be between 0 and 65535, got {server.port}")
@@ -278,6 +359,108 @@ def _plan(r: _Reader, base: PlanConfig | None) -> PlanConfig:
     return plan
 
 
+def _web(r: _Reader, env: Mapping[str, str]) -> WebConfig:
+    d = WebConfig()
+    secret = env.get("LLMAPI_SESSION_SECRET") or r.get("session_secret", str, "")
+    r.seen.add("session_secret")
+    if secret and not _is_fernet_key(secret):
+        raise r.error("session_secret", "must be 32 bytes in url-safe base64 (44 characters); "
+                      "leave it out to have one generated into the data folder")
+    web = WebConfig(
+        session_secret=secret,
+        session_max_age=r.positive("session_max_age", int, d.session_max_age),
+        registration=r.get("registration", bool, d.registration),
+        login_failures_per_account=r.positive("login_failures_per_account", int,
+                                              d.login_failures_per_account),
+        login_failures_per_ip=r.positive("login_failures_per_ip", int, d.login_failures_per_ip),
+        login_window=r.positive("login_window", int, d.login_window),
+    )
+    r.finish()
+    return web
+
+
+def _is_fernet_key(secret: str) -> bool:
+    try:
+        return len(base64.urlsafe_b64decode(secret.encode("ascii"))) == 32
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return False
+
+
+def _mail(r: _Reader, env: Mapping[str, str]) -> MailConfig:
+    d = MailConfig()
+    security = r.get("security", str, d.security)
+    if security not in MAIL_SECURITY:
+        raise r.error("security", f"must be one of {', '.join(MAIL_SECURITY)}, got {security!r}")
+    port = r.get("smtp_port", int, 465 if security == "tls" else d.smtp_port)
+    if not 0 < port <= 65535:
+        raise r.error("smtp_port", f"must be between 1 and 65535, got {port}")
+    sender = r.get("from", str, d.sender)
+    if "@" not in sender:
+        raise r.error("from", f"must be an e-mail address, got {sender!r}")
+    mail = MailConfig(
+        smtp_host=r.get("smtp_host", str, ""),
+        smtp_port=port,
+        smtp_username=r.get("smtp_username", str, ""),
+        smtp_password=env.get("LLMAPI_SMTP_PASSWORD") or r.get("smtp_password", str, ""),
+        security=security,
+        sender=sender,
+        timeout=r.positive("timeout", float, d.timeout),
+    )
+    r.seen.add("smtp_password")
+    r.finish()
+    return mail
+
+
+def _google(r: _Reader) -> GoogleConfig:
+    d = GoogleConfig()
+    issuers = r.get("issuers", list, list(d.issuers))
+    if not issuers or not all(isinstance(i, str) and i for i in issuers):
+        raise r.error("issuers", "must be a non-empty list of strings")
+    google = GoogleConfig(
+        client_id=r.get("client_id", str, ""),
+        jwks_url=r.get("jwks_url", str, d.jwks_url),
+        auth_url=r.get("auth_url", str, d.auth_url),
+        issuers=tuple(issuers),
+        keys_max_age=r.positive("keys_max_age", float, d.keys_max_age),
+    )
+    for name in ("jwks_url", "auth_url"):
+        if not getattr(google, name).startswith(("http://", "https://")):
+            raise r.error(name, "must be an http:// or https:// URL")
+    r.finish()
+    return google
+
+
+def _route(r: _Reader, name: str, providers: dict[str, ProviderConfig]) -> Route | None:
+    if name not in r.table:
+        r.seen.add(name)
+        return None
+    t = r.sub(name)
+    route = Route(provider=t.get("provider", str, ""), model=t.get("model", str, ""))
+    if route.provider not in providers:
+        raise t.error("provider", f"no provider named {route.provider!r} is configured")
+    if not route.model:
+        raise t.error("model", "must name the upstream model for this route")
+    t.finish()
+    return route
+
+
+def _routing(r: _Reader, providers: dict[str, ProviderConfig]) -> RoutingConfig:
+    d = RoutingConfig()
+    routing = RoutingConfig(
+        light=_route(r, "light", providers),
+        coding=_route(r, "coding", providers),
+        light_max_messages=r.non_negative("light_max_messages", int, d.light_max_messages),
+        max_attempts=r.positive("max_attempts", int, d.max_attempts),
+        retry_backoff=r.non_negative("retry_backoff", float, d.retry_backoff),
+        max_retry_after=r.non_negative("max_retry_after", float, d.max_retry_after),
+        breaker_failures=r.positive("breaker_failures", int, d.breaker_failures),
+        breaker_cooldown=r.non_negative("breaker_cooldown", float, d.breaker_cooldown),
+        health_interval=r.non_negative("health_interval", float, d.health_interval),
+    )
+    r.finish()
+    return routing
+
+
 BUILTIN_PLANS: tuple[PlanConfig, ...] = (
     PlanConfig("free", price_month=0, monthly_tokens=50_000, rpm=10, rpd=0, max_keys=1,
                max_input_tokens=64_000),
@@ -313,12 +496,21 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
         plan_name = table.get("name") if isinstance(table, dict) else None
         plan = _plan(reader, plans.get(plan_name) if isinstance(plan_name, str) else None)
         plans[plan.name] = plan
+    web = _web(root.sub("web"), env)
+    mail = _mail(root.sub("mail"), env)
+    google = _google(root.sub("google"))
+    final_providers = tuple(providers) or (DEMO_PROVIDER,)
+    routing = _routing(root.sub("routing"), {p.name: p for p in final_providers})
     root.finish()
     return Config(
         server=server,
         database=database,
-        providers=tuple(providers) or (DEMO_PROVIDER,),
+        providers=final_providers,
+        routing=routing,
         plans=tuple(plans.values()),
+        web=web,
+        mail=mail,
+        google=google,
         source=source,
         base_dir=base_dir or Path.cwd(),
     )

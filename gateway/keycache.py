@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,8 +53,9 @@ def _info(row: Any) -> KeyInfo:
 class KeyCache:
     """Maps SHA-256(key) to `KeyInfo`, kept fresh by `run_refresher`."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, on_change: Callable[[int], None] | None = None) -> None:
         self._db = db
+        self._on_change = on_change  # told the user id of every changed key/user/plan
         self._keys: dict[str, KeyInfo] = {}
         self._unknown: dict[str, float] = {}  # hash -> when we last found nothing
         self._checked_at = time.time()
@@ -104,6 +106,8 @@ class KeyCache:
             self._unknown.pop(digest, None)
             if digest in self._keys:
                 self._keys[digest] = _info(row)
+            if self._on_change is not None:
+                self._on_change(row["user_id"])
 
     async def run_refresher(self) -> None:
         while True:

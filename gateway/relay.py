@@ -1,8 +1,11 @@
 """POST /v1/messages: the hot path, from socket to upstream and back, in one readable place.
 
-    auth (memory) -> parse once + validate -> pick candidates -> provider.send -> write
+    auth (memory) -> parse once + validate -> limits (memory) -> route -> failover
+    -> provider.send -> write the reply -> account (queued, written behind)
 
-Read top to bottom: `handle_messages` is the whole story; the helpers below it are small.
+`handle_messages` is the whole story; the helpers below it are small. Errors before the
+first byte become Anthropic error responses (middleware); after it, the reply itself ends
+the stream with an `error` event.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ import orjson
 from aiohttp import web
 
 from gateway.errors import ApiError, invalid_request
+from gateway.failover import send_with_failover
 from gateway.keycache import KeyInfo
 from gateway.protocol.openai_request import validate_anthropic_request
 from gateway.protocol.token_estimate import estimate_input_tokens
-from gateway.providers.base import Call, Reply, UpstreamError
-from gateway.routing import candidates
+from gateway.protocol.usage import Usage
+from gateway.providers.base import Call, Reply
+from gateway.routing import base_model_name, plan_route
 from gateway.state import REQUEST_ID, STATE, GatewayState
+from gateway.usage import UsageRecord
 
 log = logging.getLogger("llmapi.relay")
+access_log = logging.getLogger("llmapi.access")
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
                "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -42,62 +49,131 @@ def api_key_from(request: web.Request) -> str | None:
 
 
 async def handle_messages(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
     state = request.app[STATE]
     key = await state.keys.authenticate(api_key_from(request))
-    raw = await request.read()
-    body = parse_request(raw)
+    body = parse_request(await request.read())
+    estimate = estimate_input_tokens(body)
+    rate_headers = await state.limits.admit(key, estimate) if state.limits else {}
     call = Call(
-        body=body, raw=raw, client_model=body["model"], upstream_model="",
-        stream=bool(body.get("stream")), request_id=request[REQUEST_ID],
+        body=body, client_model=body["model"], upstream_model="",
+        stream=body.get("stream") is True, request_id=request[REQUEST_ID],
         message_id="msg_" + secrets.token_hex(12),
         headers={h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers},
-        input_estimate=estimate_input_tokens(body),
+        input_estimate=estimate,
     )
-    reply = await send_with_failover(state, call)
+    trip = Trip(state, key, call, started)
+    try:
+        options = plan_route(state.config.routing, state.config.providers, body,
+                             call.client_model)
+        served = await send_with_failover(call, options, state.providers, state.breakers,
+                                          state.config.routing, state.metrics)
+    except ApiError as exc:
+        exc.headers.update(rate_headers)
+        trip.finish("error", None, exc.error_type, exc.status)
+        raise
+    trip.provider = served.candidate.provider.name
+    reply = served.reply
+    status = "client_disconnect"
     try:
         if not reply.stream:
-            return web.Response(body=reply.body, content_type="application/json")
-        return await stream_reply(request, reply)
+            response = web.Response(body=reply.body, headers=rate_headers,
+                                    content_type="application/json")
+            trip.first_byte()
+            status = "success"
+            return response
+        await stream_reply(request, reply, rate_headers, trip)
+        status = "error" if reply.failed else "success"
+        return trip.response
     finally:
         await reply.close()
-        _ = key  # accounting hooks in here (limits issue)
+        failed = reply.failed
+        trip.finish(status, reply.usage, failed[0] if failed else None, 200)
 
 
-async def send_with_failover(state: GatewayState, call: Call) -> Reply:
-    """Try each candidate provider in order until one starts a reply."""
-    options = candidates(state.config.providers, call.client_model)
-    if not options:
-        raise ApiError("not_found_error", f"model: no provider serves {call.client_model!r}")
-    last: UpstreamError | None = None
-    for option in options:
-        call.upstream_model = option.upstream_model
-        provider = state.providers[option.provider.name]
-        try:
-            return await provider.send(call)
-        except UpstreamError as exc:
-            last = exc
-            log.warning("provider %s failed: %s", exc.provider, exc.reason)
-            if not exc.retryable:
-                break
-    assert last is not None
-    raise ApiError(last.error_type, last.message, status=last.client_status)
-
-
-async def stream_reply(request: web.Request, reply: Reply) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**SSE_HEADERS, "request-id": request[REQUEST_ID]})
+async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[str, str],
+                       trip: Trip) -> None:
+    """Write the reply's SSE bytes as they arrive; a broken upstream ends in `error`."""
+    response = trip.response = web.StreamResponse(
+        headers={**SSE_HEADERS, **rate_headers, "request-id": trip.call.request_id})
     await response.prepare(request)
+    streams = trip.state.streams
+    streams[response] = time.monotonic()
     try:
-        async for chunk in reply.chunks():
+        chunks = reply.chunks()
+        first = await anext(chunks, b"")
+        await response.write(first)
+        trip.first_byte()
+        async for chunk in chunks:
             await response.write(chunk)
+            streams[response] = time.monotonic()
     except (asyncio.CancelledError, ConnectionError):
-        raise
+        raise  # the client went away: `finally` in handle_messages records it
     except Exception as exc:
-        log.exception("stream failed after the first byte")
-        tail = reply.abort("api_error", f"the upstream stream failed: {type(exc).__name__}")
+        log.exception("stream failed after the first byte (request %s)", trip.call.request_id)
+        tail = reply.abort("api_error", f"the gateway failed mid-answer: {type(exc).__name__}")
         if tail:
             await response.write(tail)
+    finally:
+        streams.pop(response, None)
     await response.write_eof()
-    return response
+
+
+class Trip:
+    """Timing and bookkeeping of one request, finished exactly once."""
+
+    __slots__ = ("call", "done", "first_byte_at", "key", "provider", "response", "started",
+                 "state")
+
+    def __init__(self, state: GatewayState, key: KeyInfo, call: Call, started: float) -> None:
+        self.state = state
+        self.key = key
+        self.call = call
+        self.started = started
+        self.first_byte_at: float | None = None
+        self.provider = ""
+        self.response = web.StreamResponse()
+        self.done = False
+
+    def first_byte(self) -> None:
+        self.first_byte_at = time.perf_counter()
+
+    def finish(self, status: str, usage: Usage | None, error_type: str | None,
+               http_status: int) -> None:
+        if self.done:
+            return
+        self.done = True
+        state, call, key = self.state, self.call, self.key
+        end = time.perf_counter()
+        duration_ms = (end - self.started) * 1000
+        ttft_ms = (self.first_byte_at - self.started) * 1000 if self.first_byte_at else None
+        usage = usage or Usage()
+        metrics = state.metrics
+        model = base_model_name(call.client_model)
+        metrics.requests.inc((status, model, self.provider or "none"))
+        metrics.duration.observe(duration_ms, (self.provider or "none",))
+        if ttft_ms is not None:
+            metrics.ttft.observe(ttft_ms, (self.provider,))
+        if call.sent_at:  # the gateway's own time before the (first) upstream request
+            metrics.overhead.observe((call.sent_at - self.started) * 1000, ())
+        if self.provider:
+            state.recorder.record(UsageRecord(
+                request_id=call.request_id, user_id=key.user_id, key_id=key.key_id,
+                client_model=call.client_model, provider=self.provider,
+                upstream_model=call.upstream_model, usage=usage, stream=call.stream,
+                status=status, error_type=error_type, duration_ms=duration_ms,
+                ttft_ms=ttft_ms, created_at=time.time()))
+        if state.config.server.access_log:
+            access_log.info(orjson.dumps({
+                "request_id": call.request_id, "user_id": key.user_id, "key": key.prefix,
+                "model": call.client_model, "provider": self.provider or None,
+                "upstream_model": call.upstream_model or None, "status": status,
+                "http_status": http_status, "error_type": error_type, "stream": call.stream,
+                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+                "cache_read_tokens": usage.cache_read_input_tokens,
+                "ttft_ms": round(ttft_ms, 2) if ttft_ms is not None else None,
+                "duration_ms": round(duration_ms, 2),
+            }).decode())
 
 
 def parse_request(raw: bytes, count_only: bool = False) -> dict[str, Any]:
@@ -114,10 +190,3 @@ def parse_request(raw: bytes, count_only: bool = False) -> dict[str, Any]:
     if problem:
         raise invalid_request(problem)
     return body  # type: ignore[no-any-return]
-
-
-def now_ms() -> float:
-    return time.perf_counter() * 1000.0
-
-
-__all__ = ["KeyInfo", "handle_messages"]

@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from gateway.config import ProviderConfig
+from gateway.config import ProviderConfig, Route, RoutingConfig
 
 FAMILIES = ("opus", "sonnet", "haiku")
 _CONTEXT_SUFFIX = re.compile(r"(\[\d+[km]\]|-\d+[km])$", re.IGNORECASE)
@@ -76,3 +77,31 @@ def listed_models(providers: Sequence[ProviderConfig]) -> list[str]:
     mapped = {f for p in providers for f in FAMILIES if f in p.models or "default" in p.models}
     names.extend(defaults[f] for f in FAMILIES if f in mapped and defaults[f] not in names)
     return names
+
+
+def plan_route(config: RoutingConfig, providers: Sequence[ProviderConfig],
+               body: dict[str, Any], client_model: str) -> list[Candidate]:
+    """Candidates in the order to try them: the smart-routing target first (when a rule
+    matches), then every provider that maps the model, in configured order."""
+    mapped = candidates(providers, client_model)
+    if not config.smart:
+        return mapped
+    route = smart_route(config, body, client_model)
+    if route is None:
+        return mapped
+    by_name = {p.name: p for p in providers}
+    first = Candidate(by_name[route.provider], route.model)
+    return [first, *(c for c in mapped if c != first)]
+
+
+def smart_route(config: RoutingConfig, body: dict[str, Any], client_model: str) -> Route | None:
+    """The original product's rule: haiku-class requests and short conversations without
+    tools are light work; anything with tools is coding work; the rest follows the map."""
+    has_tools = bool(body.get("tools"))
+    light = model_family(base_model_name(client_model)) == "haiku" or (
+        not has_tools and len(body.get("messages") or ()) <= config.light_max_messages)
+    if light and config.light is not None:
+        return config.light
+    if has_tools and config.coding is not None:
+        return config.coding
+    return None

@@ -6,10 +6,15 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.breaker import Breaker
 from gateway.config import Config
+from gateway.health import HealthChecker
 from gateway.keycache import KeyCache
+from gateway.limits import Limits
+from gateway.metrics import Metrics
 from gateway.providers.base import Provider
 from gateway.storage import Database
+from gateway.usage import NoopRecorder, UsageRecorder
 
 
 @dataclass(slots=True)
@@ -17,7 +22,14 @@ class GatewayState:
     config: Config
     db: Database
     keys: KeyCache
+    limits: Limits | None  # None when accounting is off (benchmark baseline)
+    recorder: UsageRecorder | NoopRecorder
+    health: HealthChecker
     providers: dict[str, Provider] = field(default_factory=dict)
+    breakers: dict[str, Breaker] = field(default_factory=dict)
+    metrics: Metrics = field(default_factory=Metrics)
+    # open client streams -> monotonic time of their last write (keep-alive pings, gauge)
+    streams: dict[web.StreamResponse, float] = field(default_factory=dict)
     started_at: float = 0.0
 
 

@@ -22,3 +22,11 @@ SELECT * FROM subscriptions WHERE user_id = :user_id;
 
 -- name: subscription_set_plan
 UPDATE subscriptions SET plan = :plan, updated_at = :now WHERE user_id = :user_id;
+
+-- name: subscription_save
+-- Written by the usage recorder: the in-memory counters are the single writer's truth.
+INSERT INTO subscriptions (user_id, plan, period_start, period_end, tokens_used, requests_used, created_at, updated_at)
+VALUES (:user_id, 'free', :period_start, :period_end, :tokens_used, :requests_used, :period_start, :period_start)
+ON CONFLICT (user_id) DO UPDATE SET
+    period_start = excluded.period_start, period_end = excluded.period_end,
+    tokens_used = excluded.tokens_used, requests_used = excluded.requests_used;

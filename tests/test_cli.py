@@ -31,7 +31,7 @@ def test_users_add_then_keys_add_prints_only_the_key(tmp_path: Path) -> None:
 def test_key_from_cli_works_against_served_gateway(tmp_path: Path, spawn) -> None:  # type: ignore[no-untyped-def]
     config = write_config(tmp_path)
     env = {"LLMAPI_CONFIG": str(config)}
-    assert run_cli("users", "add", "a@example.com", env=env).returncode == 0
+    assert run_cli("users", "add", "a@example.com", "--plan", "pro", env=env).returncode == 0
     key = run_cli("keys", "add", "a@example.com", env=env).stdout.strip()
     port = free_port()
     proc = spawn("serve", "--port", str(port), env=env)
@@ -50,6 +50,7 @@ def test_key_from_cli_works_against_served_gateway(tmp_path: Path, spawn) -> Non
                                 messages=[{"role": "user", "content": "hi"}])
         except anthropic.AuthenticationError:
             refused = True
+        time.sleep(0.05)
     assert refused
 
 

@@ -6,7 +6,8 @@ they arrive; `AnthropicUsageTap` watches them for usage without re-serializing a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -45,7 +46,7 @@ class PassThroughReply:
         self._reads = self._forwarded()
         self._first = b""
 
-    async def _forwarded(self) -> AsyncIterator[bytes]:
+    async def _forwarded(self) -> AsyncGenerator[bytes, None]:
         # Forward only up to the last complete event, so a stream that breaks mid-event can
         # still be ended with a clean `error` event instead of a half-written one.
         tail = b""
@@ -137,6 +138,7 @@ class AnthropicProvider:
         return headers
 
     async def send(self, call: Call) -> Reply:
+        call.sent_at = call.sent_at or time.perf_counter()
         response = await open_upstream(self._session, self.config, self.url,
                                        self._payload(call, call.body), self._headers(call))
         if response.status != 200:

@@ -22,7 +22,6 @@ class Call:
     """One client request, parsed once, as the provider needs it."""
 
     body: dict[str, Any]
-    raw: bytes
     client_model: str
     upstream_model: str
     stream: bool
@@ -30,6 +29,7 @@ class Call:
     message_id: str
     headers: Mapping[str, str] = field(default_factory=dict)
     input_estimate: int = 0
+    sent_at: float = 0.0  # perf_counter when the first upstream request went out
 
 
 class Reply(Protocol):

@@ -7,7 +7,8 @@ Reply: non-stream JSON converted whole; a stream converted read by read by
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
 import orjson
@@ -44,7 +45,7 @@ class OpenAIStreamReply:
         self._reads = self._converted()
         self._first = b""
 
-    async def _converted(self) -> AsyncIterator[bytes]:
+    async def _converted(self) -> AsyncGenerator[bytes, None]:
         """Converted bytes per upstream read; upstream failures end in an `error` event."""
         conv = self._conv
         try:
@@ -120,6 +121,7 @@ class OpenAIProvider:
         payload = to_openai_request(source, call.upstream_model,
                                     self.options_for(call.upstream_model))
         headers = {"Content-Type": "application/json", **self._auth}
+        call.sent_at = call.sent_at or time.perf_counter()
         response = await open_upstream(self._session, self.config, self.url,
                                        orjson.dumps(payload), headers)
         if response.status != 200:
