@@ -1,0 +1,286 @@
+"""Turn a non-stream OpenAI Chat Completions response (or error) into its Anthropic form.
+
+Rules: PROTOCOL.md section 5 and the non-stream point of tests/fixtures/README.md. Never
+raises on a malformed upstream body: missing pieces become empty content or estimated usage.
+
+Stop sequences. OpenAI-compatible upstreams strip the matched stop string and report only
+`finish_reason: "stop"`, which looks exactly like a natural end of turn. So the rule is:
+`stop_reason` is "stop_sequence" only when the upstream *shows* which one matched, either
+  1. explicitly: vLLM's `choices[0].stop_reason` or SGLang's `choices[0].matched_stop` names
+     one of the requested `stop_sequences`, or
+  2. by keeping it: the text ends with one of them (upstreams that return the stop string);
+     it is then cut off, because Anthropic's text never contains the stop sequence.
+Otherwise "end_turn", even if a stop sequence may have matched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.protocol.usage import Usage
+
+__all__ = [
+    "anthropic_error_from_openai",
+    "parse_tool_arguments",
+    "to_anthropic_message",
+    "usage_from_openai",
+]
+
+_ERROR_MESSAGE_LIMIT = 500
+CREDENTIALS_REFUSED = "the gateway's credentials for this provider were refused by the upstream"
+
+
+def to_anthropic_message(
+    body: dict[str, Any],
+    model: str,
+    message_id: str,
+    stop_sequences: list[str] | None = None,
+) -> tuple[dict[str, Any], Usage]:
+    """The Anthropic `message` for a `chat.completion` body, and its usage.
+
+    `model` is echoed as the message's model (the name the client asked for); `message_id`
+    is the gateway's `msg_...` id.
+    """
+    choices = body.get("choices")
+    choice: dict[str, Any] = {}
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        message = {}
+    finish_reason = choice.get("finish_reason")
+
+    content: list[dict[str, Any]] = []
+    # Thinking first (pitfall 3). `reasoning` is the field name of vLLM and OpenRouter.
+    reasoning = message.get("reasoning_content") or message.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
+
+    text = _message_text(message.get("content"))
+    stop_sequence = None
+    if finish_reason == "stop" and stop_sequences:
+        stop_sequence = _matched_stop(choice, text, stop_sequences)
+        if stop_sequence is not None and text.endswith(stop_sequence):
+            text = text[: len(text) - len(stop_sequence)]
+    if text:
+        content.append({"type": "text", "text": text})
+
+    tool_blocks = _tool_use_blocks(message, message_id)
+    content.extend(tool_blocks)
+
+    if finish_reason == "length":
+        stop_reason = "max_tokens"
+    elif finish_reason == "content_filter":
+        stop_reason = "refusal"
+    elif tool_blocks:
+        # Some upstreams finish tool calls with "stop"; Claude Code only runs tools on tool_use.
+        stop_reason = "tool_use"
+    elif stop_sequence is not None:
+        stop_reason = "stop_sequence"
+    else:
+        # "stop", a "tool_calls" finish without any call, or a missing/unknown reason.
+        stop_reason = "end_turn"
+
+    usage = usage_from_openai(body.get("usage"))
+    if usage is None:
+        usage = Usage(output_tokens=_estimate_output_tokens(content), estimated=True)
+
+    result = {
+        "id": message_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": stop_sequence if stop_reason == "stop_sequence" else None,
+        "usage": {
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+            "cache_read_input_tokens": usage.cache_read_input_tokens,
+        },
+    }
+    return result, usage
+
+
+def usage_from_openai(raw: Any) -> Usage | None:
+    """Anthropic-style usage from an OpenAI `usage` object; None if there is none.
+
+    Cached prompt tokens come from `prompt_tokens_details.cached_tokens`, else DeepSeek's
+    `prompt_cache_hit_tokens`; they are taken out of `input_tokens` because Anthropic's input
+    excludes cache reads. DashScope's explicit cache also reports the tokens it wrote.
+    """
+    if not isinstance(raw, dict):
+        return None
+    prompt = _int(raw.get("prompt_tokens"))
+    completion = _int(raw.get("completion_tokens"))
+    details = raw.get("prompt_tokens_details")
+    cached = 0
+    created = 0
+    if isinstance(details, dict):
+        cached = _int(details.get("cached_tokens"))
+        created = _int(details.get("cache_creation_input_tokens"))
+    if not cached:
+        cached = _int(raw.get("prompt_cache_hit_tokens"))
+    cached = min(cached, prompt)
+    created = min(created, prompt - cached)
+    thinking = 0
+    completion_details = raw.get("completion_tokens_details")
+    if isinstance(completion_details, dict):
+        thinking = _int(completion_details.get("reasoning_tokens"))
+    return Usage(
+        input_tokens=prompt - cached - created,
+        output_tokens=completion,
+        cache_read_input_tokens=cached,
+        cache_creation_input_tokens=created,
+        thinking_tokens=thinking,
+    )
+
+
+def _int(value: Any) -> int:
+    """A token count, or 0 for anything that is not a non-negative integer."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        # A few upstreams answer with content parts, like requests are written.
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _matched_stop(choice: dict[str, Any], text: str, stop_sequences: list[str]) -> str | None:
+    for key in ("stop_reason", "matched_stop"):
+        named = choice.get(key)
+        if isinstance(named, str) and named in stop_sequences:
+            return named
+    # Longest first, so that with "END" and "THE END" requested, "THE END" wins.
+    for sequence in sorted(stop_sequences, key=len, reverse=True):
+        if sequence and text.endswith(sequence):
+            return sequence
+    return None
+
+
+def _tool_use_blocks(message: dict[str, Any], message_id: str) -> list[dict[str, Any]]:
+    calls = message.get("tool_calls")
+    if not isinstance(calls, list):
+        calls = []
+    legacy = message.get("function_call")
+    if not calls and isinstance(legacy, dict):
+        calls = [{"function": legacy}]
+    blocks: list[dict[str, Any]] = []
+    for i, call in enumerate(calls):
+        if not isinstance(call, dict):
+            continue
+        function = call.get("function")
+        if not isinstance(function, dict):
+            continue  # nothing to run, not even a name
+        call_id = call.get("id")
+        if not isinstance(call_id, str) or not call_id:
+            # The id is only for pairing with its tool_result; it just has to be unique.
+            call_id = f"toolu_{message_id.removeprefix('msg_')}_{i}"
+        name = function.get("name")
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": call_id,
+                "name": name if isinstance(name, str) else "",
+                "input": parse_tool_arguments(function.get("arguments")),
+            }
+        )
+    return blocks
+
+
+def parse_tool_arguments(arguments: Any) -> dict[str, Any]:
+    """A tool call's `arguments` as the object Anthropic's `input` must be.
+
+    "" (or nothing) is {} (pitfall 2). Text that is not a JSON object, such as arguments cut off
+    by `length`, is kept whole under "_raw_arguments" so nothing is lost and nothing raises.
+    """
+    if isinstance(arguments, dict):
+        return arguments  # some upstreams send the object itself
+    if arguments is None:
+        return {}
+    if not isinstance(arguments, str):
+        return {"_raw_arguments": orjson.dumps(arguments).decode()}
+    if not arguments.strip():
+        return {}
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {"_raw_arguments": arguments}
+    if isinstance(parsed, dict):
+        return parsed
+    return {"_raw_arguments": arguments}
+
+
+def _estimate_output_tokens(content: list[dict[str, Any]]) -> int:
+    """Same rule as the stream converter: max(1, ceil(characters / 4)) of what was produced."""
+    chars = 0
+    for block in content:
+        kind = block["type"]
+        if kind == "text":
+            chars += len(block["text"])
+        elif kind == "thinking":
+            chars += len(block["thinking"])
+        elif kind == "tool_use":
+            chars += len(orjson.dumps(block["input"]))
+    return max(1, -(-chars // 4))
+
+
+def anthropic_error_from_openai(status: int, body: bytes) -> tuple[int, str, str]:
+    """(status for the client, Anthropic error type, message) for an upstream error reply.
+
+    Claude Code retries 429, 529 and 5xx, so every upstream overload or outage becomes 529.
+    Problems with the gateway's own upstream account (a refused key, 402 no balance, odd
+    statuses) are 502 api_error: the client can do nothing about them.
+    """
+    if status in (400, 404, 422):
+        message = _upstream_message(body) or f"the upstream rejected the request (HTTP {status})"
+        return 400, "invalid_request_error", message
+    if status in (401, 403):
+        # Nothing from the body: key errors often echo part of the key.
+        return 502, "api_error", CREDENTIALS_REFUSED
+    if status == 413:
+        message = _upstream_message(body) or "the request is too large for the upstream model"
+        return 413, "request_too_large", message
+    if status == 429:
+        message = _upstream_message(body) or "the upstream provider is rate limiting requests"
+        return 429, "rate_limit_error", message
+    if status in (500, 502, 503, 504, 529):
+        return 529, "overloaded_error", f"the upstream provider is unavailable (HTTP {status})"
+    return 502, "api_error", f"unexpected upstream response (HTTP {status})"
+
+
+def _upstream_message(body: bytes) -> str:
+    """`error.message` (or `message`) of a JSON error body, at most 500 characters; "" if none."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    if not isinstance(parsed, dict):
+        return ""
+    error = parsed.get("error")
+    message: Any = None
+    if isinstance(error, dict):
+        message = error.get("message")
+    elif isinstance(error, str):
+        message = error
+    if not isinstance(message, str) or not message:
+        message = parsed.get("message")
+    if not isinstance(message, str):
+        return ""
+    text = message.strip()
+    if len(text) > _ERROR_MESSAGE_LIMIT:
+        text = text[: _ERROR_MESSAGE_LIMIT - 3] + "..."
+    return text
