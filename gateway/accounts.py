@@ -158,3 +158,8 @@ async def set_plan(db: Database, email: str, plan: str) -> None:
         raise AccountError(f"unknown plan {plan!r}")
     await db.execute("subscription_set_plan",
                      {"user_id": user["id"], "plan": plan, "now": time.time()})
+
+
+async def set_key_rpm(db: Database, key_id: int, rpm: int | None) -> None:
+    """Give one key its own requests-per-minute limit (None: back to the plan's)."""
+    await db.execute("key_set_rpm", {"key_id": key_id, "rpm": rpm, "now": time.time()})

@@ -10,12 +10,15 @@ import argparse
 import asyncio
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from gateway.accounts import (
     AccountError,
     create_key,
     create_user,
+    normalize_email,
     revoke_key,
     set_plan,
     set_user_status,
@@ -69,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                              help="revoke the key with this display prefix")
     revoke.add_argument("prefix")
 
+    usage = sub.add_parser("usage", parents=[common],
+                           help="print usage and provider cost per user and model")
+    usage.add_argument("email", nargs="?", help="only this user")
+    usage.add_argument("--days", type=int, default=30, help="look back this many days (30)")
+
     from gateway import fake_upstream
 
     fake = sub.add_parser("fake-upstream", help="run the scripted fake provider (tests, demos)")
@@ -95,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = override_server(config, getattr(args, "host", None),
                                  getattr(args, "port", None))
         return serve(config)
-    handler = COMMANDS[(command, args.action)]
+    handler = COMMANDS[(command, getattr(args, "action", ""))]
     try:
         return asyncio.run(_with_db(config, lambda db: handler(db, args)))
     except AccountError as exc:
@@ -149,6 +157,41 @@ async def _keys_revoke(db, args) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
+async def _usage(db, args) -> int:  # type: ignore[no-untyped-def]
+    since = time.time() - args.days * 86_400
+    email = normalize_email(args.email) if args.email else None
+    rows = await db.fetch_all("usage_summary", {"since": since, "email": email})
+    print(format_usage(rows, args.days, email))
+    return 0
+
+
+def format_usage(rows: Sequence[Any], days: int, email: str | None) -> str:
+    """A plain table, one line per user/provider/model, and totals per currency."""
+    head = ("user", "provider", "model", "requests", "failed", "input", "output",
+            "cache read", "cost")
+    lines = [[str(r["email"] or "-"), r["provider"], r["upstream_model"], str(r["requests"]),
+              str(r["failed"]), str(r["input_tokens"]), str(r["output_tokens"]),
+              str(r["cache_read_tokens"]), f"{r['cost']:.4f} {r['currency']}".strip()]
+             for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+              for i, h in enumerate(head)]
+    out = [f"usage over the last {days} day(s)" + (f" for {email}" if email else ""),
+           "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    totals: dict[str, list[float]] = {}
+    for r in rows:
+        t = totals.setdefault(r["currency"] or "-", [0, 0, 0])
+        t[0] += r["requests"]
+        t[1] += r["input_tokens"] + r["output_tokens"] + r["cache_read_tokens"]
+        t[2] += r["cost"]
+    for currency, (requests, tokens, cost) in totals.items():
+        out.append(f"total: {int(requests)} requests, {int(tokens)} tokens, "
+                   f"{cost:.4f} {currency}")
+    if not rows:
+        out.append("no usage recorded")
+    return "\n".join(out)
+
+
 COMMANDS: dict[tuple[str, str], Callable[..., Awaitable[int]]] = {
     ("users", "add"): _users_add,
     ("users", "plan"): _users_plan,
@@ -156,6 +199,7 @@ COMMANDS: dict[tuple[str, str], Callable[..., Awaitable[int]]] = {
     ("users", "activate"): _users_activate,
     ("keys", "add"): _keys_add,
     ("keys", "revoke"): _keys_revoke,
+    ("usage", ""): _usage,
 }
 
 

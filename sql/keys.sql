@@ -31,3 +31,6 @@ WHERE prefix = :prefix AND revoked_at IS NULL;
 
 -- name: keys_by_prefix
 SELECT k.*, u.email FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.prefix = :prefix;
+
+-- name: key_set_rpm
+UPDATE api_keys SET rpm_override = :rpm, updated_at = :now WHERE id = :key_id;
