@@ -24,12 +24,12 @@ from gateway.metrics import Gauge
 from gateway.middleware import errors_middleware
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.providers.anthropic import AnthropicProvider
-from gateway.providers.base import Provider
+from gateway.providers.base import Call, Provider
 from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
-from gateway.relay import api_key_from, handle_messages, parse_request
-from gateway.routing import listed_models
-from gateway.state import CONFIG, STATE, GatewayState
+from gateway.relay import FORWARDED_HEADERS, api_key_from, handle_messages, parse_request
+from gateway.routing import listed_models, plan_route
+from gateway.state import CONFIG, REQUEST_ID, STATE, GatewayState
 from gateway.storage import Database, open_database
 from gateway.usage import NoopRecorder, UsageRecorder
 
@@ -142,11 +142,23 @@ def register_gauges(state: GatewayState) -> None:
 
 
 async def handle_count_tokens(request: web.Request) -> web.Response:
+    """The first routed provider's own count when it offers one, else our estimate
+    (method and measured error: gateway/protocol/token_estimate.py)."""
     state = request.app[STATE]
     await state.keys.authenticate(api_key_from(request))
     body = parse_request(await request.read(), count_only=True)
-    return web.json_response({"input_tokens": estimate_input_tokens(body)},
-                             dumps=lambda o: orjson.dumps(o).decode())
+    count: int | None = None
+    for option in plan_route(state.config.routing, state.config.providers, body,
+                             body["model"])[:1]:
+        call = Call(body=body, client_model=body["model"], upstream_model=option.upstream_model,
+                    stream=False, request_id=request[REQUEST_ID], message_id="",
+                    headers={h: request.headers[h] for h in FORWARDED_HEADERS
+                             if h in request.headers})
+        count = await state.providers[option.provider.name].count_tokens(call)
+    if count is None:
+        count = estimate_input_tokens(body)
+    return web.Response(body=orjson.dumps({"input_tokens": count}),
+                        content_type="application/json")
 
 
 async def handle_models(request: web.Request) -> web.Response:

@@ -93,4 +93,4 @@ def _delay(routing: RoutingConfig, tries: int, last: UpstreamError | None) -> fl
             and last.retry_after <= routing.max_retry_after:
         return float(last.retry_after)
     base = routing.retry_backoff * 2.0 ** (tries - 1)
-    return base * (0.5 + random.random())  # noqa: S311 - jitter, not security
+    return base * (0.5 + random.random())

@@ -110,11 +110,13 @@ Token accounting (deterministic, so tests can assert exact sums)
   per tool call (its id/name piece) and per argument fragment. The OpenAI role-only chunk and
   the finish chunk count nothing. Stream, non-stream and both protocols agree. Examples with
   ``chunks: 5``: ``text`` 5, ``reasoning`` 10 (``reasoning_tokens`` 5), ``tools`` 12.
-- Prompt-cache simulation: the key is the model plus the compact JSON of the system prompt,
-  the tools and the first non-system message (``cache_control`` markers ignored). A bounded
-  LRU remembers keys; a request whose key was seen before reports ``cached_tokens`` (OpenAI
-  ``prompt_tokens_details.cached_tokens``) = that JSON's length // 4, capped at
-  ``prompt_tokens``; a first sighting reports 0. The ``cached_tokens`` knob overrides this.
+- Prompt-cache simulation, like the automatic prefix caches of DashScope and DeepSeek: the
+  prompt is serialized in template order (model, system, tools, messages; ``cache_control``
+  markers ignored) and cut into 1,024-byte blocks, each named by a hash of itself and every
+  block before it. A bounded LRU remembers the names; ``cached_tokens`` (OpenAI
+  ``prompt_tokens_details.cached_tokens``) = 256 x the number of leading blocks seen before,
+  capped at ``prompt_tokens``. A first sighting reports 0; a prompt that changes early
+  (a date in the system prompt) reports little. The ``cached_tokens`` knob overrides this.
 - Anthropic usage: ``input_tokens`` = prompt - cached, ``cache_read_input_tokens`` = cached,
   ``cache_creation_input_tokens`` = 0, ``output_tokens`` = completion; sent in message_start
   (with ``output_tokens`` 0) and in message_delta.
@@ -241,7 +243,7 @@ class FakeSettings(Script):
     port: int = 8090
     api_key: str | None = None
     forever: float = 3600.0
-    prefix_cache_size: int = 4096
+    prefix_cache_size: int = 65536
     history_size: int = 32
 
 
@@ -892,25 +894,37 @@ class Stats:
         self.statuses[status] = self.statuses.get(status, 0) + 1
 
 
+CACHE_BLOCK = 1024  # bytes of serialized prompt per cache unit (about 256 tokens)
+
+
 class PrefixCache:
-    """Bounded LRU of prompt prefixes seen, for the prompt-cache simulation."""
+    """Bounded LRU of prompt-prefix blocks, simulating the automatic prefix caches of
+    DashScope and DeepSeek: a request is billed as cached for the longest run of leading
+    blocks that an earlier request already sent, byte for byte."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.seen: OrderedDict[bytes, None] = OrderedDict()
 
     def cached_tokens(self, body: Mapping[str, Any], protocol: Protocol, raw: bytes) -> int:
-        prefix = _prompt_prefix(body, protocol, b"cache_control" in raw)
-        if prefix is None or self.size <= 0:
+        prompt = _prompt_prefix(body, protocol, b"cache_control" in raw)
+        if prompt is None or self.size <= 0:
             return 0
-        digest = hashlib.blake2b(prefix, digest_size=16).digest()
-        if digest in self.seen:
-            self.seen.move_to_end(digest)
-            return len(prefix) // 4
-        self.seen[digest] = None
-        if len(self.seen) > self.size:
-            self.seen.popitem(last=False)
-        return 0
+        running = hashlib.blake2b(digest_size=16)
+        hits = 0
+        matching = True
+        for start in range(0, len(prompt) - CACHE_BLOCK + 1, CACHE_BLOCK):
+            running.update(prompt[start:start + CACHE_BLOCK])
+            digest = running.digest()  # names this block *and* everything before it
+            if matching and digest in self.seen:
+                self.seen.move_to_end(digest)
+                hits += 1
+                continue
+            matching = False
+            self.seen[digest] = None
+            if len(self.seen) > self.size:
+                self.seen.popitem(last=False)
+        return hits * CACHE_BLOCK // 4
 
 
 def _without_cache_control(value: Any) -> Any:
@@ -922,16 +936,17 @@ def _without_cache_control(value: Any) -> Any:
 
 
 def _prompt_prefix(body: Mapping[str, Any], protocol: Protocol, markers: bool) -> bytes | None:
+    """The prompt in the order chat templates render it: system, tools, then the messages."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         return None
     if protocol == "anthropic":
-        head: list[Any] = [body.get("system"), body.get("tools"), messages[0]]
+        head: list[Any] = [body.get("system"), body.get("tools"), messages]
     else:
         first = 0
         while first < len(messages) - 1 and _role(messages[first]) == "system":
             first += 1
-        head = [messages[:first], body.get("tools"), messages[first]]
+        head = [messages[:first], body.get("tools"), messages[first:]]
     if markers:
         # Claude Code moves cache_control to the newest block each turn; caching ignores it.
         head = _without_cache_control(head)

@@ -1,4 +1,4 @@
-"""Admit or refuse a request by its plan: requests per minute and per day, monthly tokens, input size.
+"""Admit or refuse a request by plan: requests per minute and per day, tokens, input size.
 
 All counters live in memory, so admitting a request costs no database round trip. Each
 user's subscription (period and tokens used) is loaded once, on their first request, and

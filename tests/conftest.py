@@ -125,3 +125,38 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.fixture
+async def fake_factory() -> AsyncIterator[Callable[..., Any]]:
+    """Start scripted fake upstreams in this event loop; yields a starter returning the
+    base URL and the server (for its stats)."""
+    from gateway.fake_upstream import FakeSettings
+    from gateway.fake_upstream import build_app as build_fake
+
+    servers: list[TestServer] = []
+
+    async def start(**settings: Any) -> tuple[str, TestServer]:
+        server = TestServer(build_fake(FakeSettings(port=0, **settings)), host="127.0.0.1")
+        await server.start_server()
+        servers.append(server)
+        return str(server.make_url("")).rstrip("/"), server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+def provider_table(name: str, protocol: str, base: str, **extra: Any) -> dict[str, Any]:
+    """A [[providers]] entry pointing at a fake upstream."""
+    return {"name": name, "protocol": protocol,
+            "base_url": base + "/v1" if protocol == "openai" else base,
+            "models": {"default": "fake-model", "haiku": "fake-small"}, **extra}
+
+
+async def fake_stats(base: str) -> dict[str, Any]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(base + "/_fake/stats") as r:
+        data: dict[str, Any] = await r.json()
+        return data

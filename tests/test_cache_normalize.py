@@ -1,4 +1,5 @@
-"""Prompt-cache normalisation: volatile dates and times move to the end of the system prompt."""
+"""Prompt-cache normalisation: volatile dates and times move from the system prompt into a
+note at the start of the first user message."""
 
 from __future__ import annotations
 
@@ -28,27 +29,26 @@ def body(system: Any) -> dict[str, Any]:
             "messages": [{"role": "user", "content": "hi"}]}
 
 
-def split_note(system: str) -> tuple[str, str]:
-    prefix, _, note = system.partition(NOTE_HEADER)
-    return prefix, note
+def note_of(out: dict[str, Any]) -> str:
+    first = out["messages"][0]["content"][0]
+    assert first["type"] == "text" and first["text"].startswith(NOTE_HEADER)
+    return str(first["text"][len(NOTE_HEADER):])
 
 
 def test_prefix_is_identical_on_different_days() -> None:
-    monday = normalize_volatile_system(body(claude_code_system("2026-11-24")))["system"]
-    tuesday = normalize_volatile_system(body(claude_code_system("2026-11-25")))["system"]
-    assert monday != tuesday
-    prefix_monday, note_monday = split_note(monday)
-    prefix_tuesday, note_tuesday = split_note(tuesday)
-    assert prefix_monday == prefix_tuesday
-    assert "2026-11" not in prefix_monday
-    assert note_monday.strip() == "Today's date: 2026-11-24"
-    assert note_tuesday.strip() == "Today's date: 2026-11-25"
+    monday = normalize_volatile_system(body(claude_code_system("2026-11-24")))
+    tuesday = normalize_volatile_system(body(claude_code_system("2026-11-25")))
+    assert monday["system"] == tuesday["system"]
+    assert "2026-11" not in monday["system"]
+    assert note_of(monday).strip() == "Today's date: 2026-11-24"
+    assert note_of(tuesday).strip() == "Today's date: 2026-11-25"
+    assert monday["messages"][0]["content"][1] == {"type": "text", "text": "hi"}
 
 
-def test_date_is_replaced_in_place_by_a_pointer_and_noted_at_the_end() -> None:
-    system = normalize_volatile_system(body(claude_code_system("2026-11-25")))["system"]
-    assert f"Today's date: {POINTER}\n</env>" in system
-    assert system.endswith(f"\n\n{NOTE_HEADER}\nToday's date: 2026-11-25")
+def test_date_is_replaced_in_place_by_a_pointer_and_noted_in_the_first_user_turn() -> None:
+    out = normalize_volatile_system(body(claude_code_system("2026-11-25")))
+    assert f"Today's date: {POINTER}\n</env>" in out["system"]
+    assert out["messages"][0]["content"][0]["text"] == f"{NOTE_HEADER}\nToday's date: 2026-11-25"
 
 
 def test_input_is_not_modified() -> None:
@@ -58,21 +58,21 @@ def test_input_is_not_modified() -> None:
     out = normalize_volatile_system(original)
     assert original == before
     assert out is not original
-    assert out["messages"] is original["messages"]  # shallow: untouched parts are shared
+    assert out["messages"][0] is not original["messages"][0]
 
 
-def test_system_blocks_keep_cache_control_and_get_a_separate_note_block() -> None:
+def test_system_blocks_keep_cache_control() -> None:
     out = normalize_volatile_system(body([
         {"type": "text", "text": INTRO, "cache_control": {"type": "ephemeral"}},
         {"type": "text", "text": claude_code_system("2026-11-25"),
          "cache_control": {"type": "ephemeral"}},
     ]))
     blocks = out["system"]
-    assert len(blocks) == 3
+    assert len(blocks) == 2
     assert blocks[0] == {"type": "text", "text": INTRO, "cache_control": {"type": "ephemeral"}}
     assert blocks[1]["cache_control"] == {"type": "ephemeral"}
     assert "2026-11-25" not in blocks[1]["text"]
-    assert blocks[2] == {"type": "text", "text": f"{NOTE_HEADER}\nToday's date: 2026-11-25"}
+    assert note_of(out).strip() == "Today's date: 2026-11-25"
 
 
 def test_stable_prompt_is_left_alone() -> None:
@@ -94,10 +94,9 @@ def test_stable_prompt_is_left_alone() -> None:
     "Started 2026-11-25 21:30 in the background.",
 ])
 def test_volatile_lines_are_moved(line: str) -> None:
-    system = normalize_volatile_system(body(f"Rules.\n{line}\nMore rules."))["system"]
-    prefix, note = split_note(system)
-    assert note.strip() == line
-    assert not any(ch.isdigit() for ch in prefix)
+    out = normalize_volatile_system(body(f"Rules.\n{line}\nMore rules."))
+    assert note_of(out).strip() == line
+    assert not any(ch.isdigit() for ch in out["system"])
 
 
 @pytest.mark.parametrize("line", [
@@ -117,6 +116,21 @@ def test_normalising_twice_changes_nothing_more() -> None:
     blocks_once = normalize_volatile_system(body([{"type": "text",
                                                    "text": claude_code_system("2026-11-25")}]))
     assert normalize_volatile_system(blocks_once) == blocks_once
+
+
+def test_note_joins_a_block_list_user_message() -> None:
+    request = body(claude_code_system("2026-11-25"))
+    request["messages"] = [{"role": "user", "content": [{"type": "text", "text": "go"}]},
+                           {"role": "assistant", "content": "ok"}]
+    out = normalize_volatile_system(request)
+    assert [b["text"][:7] for b in out["messages"][0]["content"]] == [NOTE_HEADER[:7], "go"]
+    assert out["messages"][1] is request["messages"][1]
+
+
+def test_without_a_user_message_nothing_is_moved() -> None:
+    request = body(claude_code_system("2026-11-25"))
+    request["messages"] = [{"role": "assistant", "content": "ok"}]
+    assert normalize_volatile_system(request) == request
 
 
 def test_requests_without_system_prompt_pass_through() -> None:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from os.path import commonpath
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 from aiohttp import web
 
 from gateway.fake_upstream import (
+    CACHE_BLOCK,
     DEFAULT_TEXT,
     FAKE_UPSTREAM,
     WRITE_CONTENT,
@@ -883,11 +885,15 @@ async def test_repeated_prefix_reports_cached_tokens(fake: Fake) -> None:
     _, _, raw = await fake.messages(system=system, messages=turn, stream=True)
     events = anthropic_events(raw)
     usage = events[-2][1]["usage"]
-    prefix = json.dumps(
-        ["claude-sonnet-4-6", [[{"type": "text", "text": "You are helpful. " * 50}], None, moved]],
-        separators=(",", ":"),
-    )
-    assert usage["cache_read_input_tokens"] == len(prefix) // 4 > 0
+    plain_system = [{"type": "text", "text": "You are helpful. " * 50}]
+    more = {"role": "user", "content": [{"type": "text", "text": "more"}]}
+    seen_before = json.dumps(["claude-sonnet-4-6", [plain_system, None, [moved]]],
+                             separators=(",", ":"))
+    now_sent = json.dumps(["claude-sonnet-4-6", [plain_system, None, [moved, turn[1], more]]],
+                          separators=(",", ":"))
+    common = len(commonpath([seen_before, now_sent]))
+    cached = common // CACHE_BLOCK * CACHE_BLOCK // 4  # whole 1 KiB blocks sent before
+    assert usage["cache_read_input_tokens"] == cached > 0
     body_bytes = len(
         json.dumps(
             {
@@ -900,10 +906,10 @@ async def test_repeated_prefix_reports_cached_tokens(fake: Fake) -> None:
         )
     )
     assert usage["input_tokens"] + usage["cache_read_input_tokens"] == body_bytes // 4
-    assert events[0][1]["message"]["usage"]["cache_read_input_tokens"] == len(prefix) // 4
+    assert events[0][1]["message"]["usage"]["cache_read_input_tokens"] == cached
 
     # OpenAI shape: system messages + first user message.
-    messages = [{"role": "system", "content": "sys " * 100}, {"role": "user", "content": "q"}]
+    messages = [{"role": "system", "content": "sys " * 600}, {"role": "user", "content": "q"}]
     _, _, raw = await fake.chat(messages=messages)
     assert json.loads(raw)["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
     _, _, raw = await fake.chat(

@@ -1,20 +1,21 @@
-"""Keep the system prompt's prefix byte-identical across days by moving dates and times to its end.
+"""Keep the system prompt and tools byte-identical across days by moving dates and times out.
 
 Upstreams with automatic prefix caching (DashScope, DeepSeek) bill cached prompt tokens at a
 fraction of the price, but only up to the first byte that differs from an earlier request.
 Claude Code writes volatile values near the top of a long, otherwise stable system prompt
 ("Today's date: 2026-11-25" in its environment block), so every new day, or a prompt carrying a
-timestamp every minute, starts with a cache miss on everything after that line.
+timestamp every minute, starts with a cache miss on everything after that line: the rest of
+the system prompt and the ~10k tokens of tool definitions that chat templates render after it.
 
-`normalize_volatile_system` replaces those values in place with a fixed pointer and appends the
-original lines in a short note at the very end of the system prompt. The prefix before the note
-stays identical; only the note changes.
+`normalize_volatile_system` replaces those values in place with a fixed pointer and puts the
+original lines in a short note at the start of the first user message. System prompt and
+tools then stay identical between sessions and days; within one conversation the first user
+message is the same on every turn too, so the whole history stays cacheable.
 
-Trade-off: the model reads the date at the end of the system prompt instead of inline, behind
-a pointer. That is a small semantic risk (a model could ignore or misplace the note), so this
-is a per-provider option, off by default, worth it only for upstreams with prefix caching.
-Also note that chat templates which render tool definitions after the system text (Qwen's)
-put the tools after the note, so there only the system text before the note is protected.
+Trade-off: the model reads the date in a note at the start of the conversation instead of
+inline, behind a pointer. That is a small semantic risk (a model could ignore or misplace the
+note), so this is a per-provider option, off by default, worth it only for upstreams with
+prefix caching.
 
 What is moved, line by line (a line is the unit, so the note keeps each value's context):
   * any ISO-8601 timestamp (`2026-11-25T09:30:00Z`, `2026-11-25 09:30`);
@@ -34,10 +35,10 @@ from typing import Any
 __all__ = ["NOTE_HEADER", "POINTER", "normalize_volatile_system"]
 
 NOTE_HEADER = (
-    "Current date and time details (moved here from earlier in this prompt so that the rest "
-    "of it stays identical between requests):"
+    "Current date and time details (moved here from the system prompt so that it stays "
+    "identical between requests):"
 )
-POINTER = "[see the current date and time details at the end of this prompt]"
+POINTER = "[see the current date and time details at the start of the conversation]"
 
 _MONTH = (
     r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?"
@@ -67,43 +68,53 @@ _CANDIDATE = re.compile(
 
 
 def normalize_volatile_system(body: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `body` whose system prompt has its dates and times moved into a trailing note.
+    """A copy of `body` whose system prompt's dates and times moved into a note that opens the
+    first user message.
 
-    The input is not modified; the copy is shallow (messages, tools... are shared). A system
-    prompt that already ends with the note is returned as it is, so applying this twice is
-    harmless.
+    The input is not modified; the copy is shallow (tools and untouched messages are shared).
+    Applying this twice is harmless: the second time the system prompt has nothing to move.
     """
     out = dict(body)
     system = body.get("system")
+    moved: list[str] = []
     if isinstance(system, str):
-        if NOTE_HEADER in system:
-            return out
         text, moved = _move_volatile(system)
         if moved:
-            out["system"] = f"{text}\n\n{_note(moved)}"
+            out["system"] = text
     elif isinstance(system, list):
-        for block in system:
-            if isinstance(block, dict) and str(block.get("text", "")).startswith(NOTE_HEADER):
-                return out
         blocks: list[Any] = []
-        all_moved: list[str] = []
         for block in system:
             block_text = block.get("text") if isinstance(block, dict) else None
             if isinstance(block_text, str):
-                new_text, moved = _move_volatile(block_text)
-                if moved:
+                new_text, block_moved = _move_volatile(block_text)
+                if block_moved:
                     block = {**block, "text": new_text}
-                    all_moved.extend(moved)
+                    moved.extend(block_moved)
             blocks.append(block)
-        if all_moved:
-            # A block of its own, without cache_control: it is the part that changes.
-            blocks.append({"type": "text", "text": _note(all_moved)})
+        if moved:
             out["system"] = blocks
+    if moved and not _add_note(out, moved):
+        return dict(body)  # nowhere to put the note: better a cache miss than a lost date
     return out
 
 
-def _note(lines: list[str]) -> str:
-    return NOTE_HEADER + "\n" + "\n".join(lines)
+def _add_note(out: dict[str, Any], lines: list[str]) -> bool:
+    messages = out.get("messages")
+    if not isinstance(messages, list):
+        return False
+    for i, message in enumerate(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            note = {"type": "text", "text": NOTE_HEADER + "\n" + "\n".join(lines)}
+            content = message.get("content")
+            if isinstance(content, str):
+                blocks = [note, {"type": "text", "text": content}]
+            elif isinstance(content, list):
+                blocks = [note, *content]
+            else:
+                return False
+            out["messages"] = [*messages[:i], {**message, "content": blocks}, *messages[i + 1:]]
+            return True
+    return False
 
 
 def _move_volatile(text: str) -> tuple[str, list[str]]:

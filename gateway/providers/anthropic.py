@@ -16,6 +16,7 @@ import orjson
 from gateway.config import ProviderConfig
 from gateway.protocol.anthropic_events import error_event
 from gateway.protocol.anthropic_tap import AnthropicUsageTap
+from gateway.protocol.cache_normalize import normalize_volatile_system
 from gateway.protocol.openai_response import anthropic_error_from_openai
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
@@ -125,6 +126,8 @@ class AnthropicProvider:
         self._auth = {"x-api-key": key, "Authorization": f"Bearer {key}"} if key else {}
 
     def _payload(self, call: Call, body: dict[str, Any]) -> bytes:
+        if self.config.normalize_prompt_cache:
+            body = normalize_volatile_system(body)
         body = {**body, "model": call.upstream_model}
         if self.config.inject_cache_control:
             body["system"] = with_cache_control(body.get("system"))
