@@ -40,8 +40,9 @@ class Counter:
         self.values[labels] = self.values.get(labels, 0.0) + amount
 
     def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
+        # text format 0.0.4 names a counter family by its sample name, `_total` included
+        yield f"# HELP {self.name}_total {self.help}"
+        yield f"# TYPE {self.name}_total counter"
         for labels, value in self.values.items():
             yield f"{self.name}_total{_labels(self.label_names, labels)} {_num(value)}"
 

@@ -44,6 +44,7 @@ class PassThroughReply:
         self._provider = provider
         self._tap = AnthropicUsageTap()
         self._ended = False
+        self._deltas = 0  # content_block_delta events seen, for usage of a cut-off stream
         self._reads = self._forwarded()
         self._first = b""
 
@@ -55,6 +56,7 @@ class PassThroughReply:
         try:
             async for data in self._response.content.iter_any():
                 tap.feed(data)
+                self._deltas += data.count(b'"content_block_delta"')
                 data = tail + data if tail else data
                 cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
                 if cut > 3:
@@ -96,7 +98,13 @@ class PassThroughReply:
 
     @property
     def usage(self) -> Usage:
-        return self._tap.usage
+        """The upstream's figures; for a stream cut off before its `message_delta` (client
+        gone, upstream broke) the output is estimated as one token per delta seen."""
+        usage = self._tap.usage
+        if self._tap.stop_reason is None and self._deltas > usage.output_tokens:
+            usage.output_tokens = self._deltas
+            usage.estimated = True
+        return usage
 
     @property
     def failed(self) -> tuple[str, str] | None:
