@@ -67,7 +67,7 @@ async def test_failing_first_provider_is_replaced_by_the_second(
 
 async def test_hang_before_first_byte_times_out_and_fails_over(
         gateway_factory: Any, fake_factory: Any) -> None:
-    gw, key, a, b = await two_providers(gateway_factory, fake_factory, {"hang": True})
+    gw, key, _a, b = await two_providers(gateway_factory, fake_factory, {"hang": True})
     started = time.monotonic()
     status, _ = await post(gw, key, {**BODY, "stream": True})
     assert status == 200
@@ -84,7 +84,7 @@ async def test_refused_connection_fails_over(gateway_factory: Any, fake_factory:
 
 
 async def test_request_errors_are_not_retried(gateway_factory: Any, fake_factory: Any) -> None:
-    gw, key, a, b = await two_providers(gateway_factory, fake_factory, {"status": 400})
+    gw, key, _a, b = await two_providers(gateway_factory, fake_factory, {"status": 400})
     status, body = await post(gw, key)
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
     assert (await fake_stats(b))["total_requests"] == 0
@@ -119,7 +119,7 @@ async def test_all_providers_failing_is_overloaded_529(
 
 async def test_breaker_opens_skips_the_provider_and_recovers_after_cooldown(
         gateway_factory: Any, fake_factory: Any) -> None:
-    gw, key, a, b = await two_providers(
+    gw, key, a, _b = await two_providers(
         gateway_factory, fake_factory, {"status": 500, "fail_times": 3, "key": "brk"})
     for _ in range(3):
         assert (await post(gw, key))[0] == 200
