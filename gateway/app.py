@@ -29,6 +29,7 @@ from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.relay import FORWARDED_HEADERS, api_key_from, handle_messages, parse_request
 from gateway.routing import listed_models, plan_route
+from gateway.site import setup_site
 from gateway.state import CONFIG, REQUEST_ID, STATE, GatewayState
 from gateway.storage import Database, open_database
 from gateway.usage import NoopRecorder, UsageRecorder
@@ -45,6 +46,7 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models", handle_models)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
+    setup_site(app, config)  # pages, /api/auth|dashboard|admin, sessions, CSRF, static files
     return app
 
 

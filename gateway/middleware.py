@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -22,6 +24,43 @@ def _json_error(status: int, error_type: str, message: str, request_id: str,
     return response
 
 
+# --- Non-API paths (the web site) get an HTML error page instead of JSON ---
+
+API_PREFIXES = ("/v1/", "/api/")
+API_PATHS = ("/health", "/metrics", "/remote-ws")
+
+ErrorPage = Callable[[web.Request, int, str], Awaitable[web.Response]]
+ERROR_PAGE: web.AppKey[ErrorPage] = web.AppKey("error_page")
+"""Renders the site's error page (set by the site; a plain page is used without it)."""
+
+
+def is_api_path(path: str) -> bool:
+    return path.startswith(API_PREFIXES) or path in API_PATHS
+
+
+async def _error(request: web.Request, status: int, error_type: str, message: str,
+                 request_id: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The JSON error for API paths, a friendly HTML page for everything else."""
+    if is_api_path(request.path):
+        return _json_error(status, error_type, message, request_id, headers)
+    render = request.app.get(ERROR_PAGE)
+    response: web.Response | None = None
+    if render is not None:
+        try:
+            response = await render(request, status, message)
+        except Exception:  # the error page itself failed: fall back to the plain one
+            log.exception("error page failed for %s (request %s)", request.path, request_id)
+    if response is None:
+        body = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f"<title>Error {status}</title></head><body><h1>Error {status}</h1>"
+                f"<p>{html.escape(message)}</p><p><a href=\"/\">Home</a></p></body></html>")
+        response = web.Response(status=status, text=body, content_type="text/html")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    response.headers["request-id"] = request_id
+    return response
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = "req_" + secrets.token_hex(12)
@@ -29,31 +68,32 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except ApiError as exc:
-        return _json_error(exc.status, exc.error_type, exc.message, request_id, exc.headers)
+        return await _error(request, exc.status, exc.error_type, exc.message, request_id,
+                             exc.headers)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app._client_max_size
-        return _json_error(413, "request_too_large",
-                           f"request body is larger than the limit of {limit} bytes",
-                           request_id)
+        return await _error(request, 413, "request_too_large",
+                             f"request body is larger than the limit of {limit} bytes",
+                             request_id)
     except web.HTTPNotFound:
-        return _json_error(404, "not_found_error",
-                           f"no route for {request.method} {request.path}", request_id)
+        return await _error(request, 404, "not_found_error",
+                             f"no route for {request.method} {request.path}", request_id)
     except web.HTTPMethodNotAllowed as exc:
-        return _json_error(405, "invalid_request_error",
-                           f"method {request.method} is not allowed on {request.path}; "
-                           f"use {', '.join(sorted(exc.allowed_methods))}", request_id)
+        return await _error(request, 405, "invalid_request_error",
+                             f"method {request.method} is not allowed on {request.path}; "
+                             f"use {', '.join(sorted(exc.allowed_methods))}", request_id)
     except web.HTTPException as exc:
         if exc.status >= 400:
             error_type = "api_error" if exc.status >= 500 else "invalid_request_error"
-            return _json_error(exc.status, error_type, exc.reason, request_id)
+            return await _error(request, exc.status, error_type, exc.reason, request_id)
         exc.headers["request-id"] = request_id
         raise
     except Exception:
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path,
                       request_id)
-        return _json_error(500, "api_error",
-                           f"internal error; quote request id {request_id} to the operator",
-                           request_id)
+        return await _error(request, 500, "api_error",
+                             f"internal error; quote request id {request_id} to the operator",
+                             request_id)
     if not response.prepared:
         response.headers["request-id"] = request_id
     return response

@@ -1,0 +1,1 @@
+"""HTMX page handlers: parse the form, call a service in gateway/, render a template."""

@@ -1,0 +1,101 @@
+-- The site's accounts: e-mail codes, login throttling, the mail outbox, linked identities
+-- and the changes a user makes to their own account.
+
+-- name: code_replace_active
+-- A new code makes every older unused code for the same address and purpose useless.
+UPDATE email_codes SET used_at = :now
+WHERE email = :email AND purpose = :purpose AND used_at IS NULL;
+
+-- name: code_insert
+INSERT INTO email_codes (email, purpose, code_hash, attempts, created_at, expires_at)
+VALUES (:email, :purpose, :code_hash, 0, :now, :expires_at);
+
+-- name: code_latest_active
+SELECT * FROM email_codes
+WHERE email = :email AND purpose = :purpose AND used_at IS NULL
+ORDER BY created_at DESC, id DESC LIMIT 1;
+
+-- name: code_latest
+SELECT * FROM email_codes
+WHERE email = :email AND purpose = :purpose
+ORDER BY created_at DESC, id DESC LIMIT 1;
+
+-- name: code_count_wrong
+UPDATE email_codes SET attempts = attempts + 1 WHERE id = :id;
+
+-- name: code_mark_used
+UPDATE email_codes SET used_at = :now WHERE id = :id AND used_at IS NULL;
+
+-- name: code_prune
+DELETE FROM email_codes WHERE expires_at < :before;
+
+-- name: login_failure_insert
+INSERT INTO login_failures (email, ip, created_at) VALUES (:email, :ip, :now);
+
+-- name: login_failures_by_email
+SELECT COUNT(*) AS failures, MIN(created_at) AS oldest
+FROM login_failures WHERE email = :email AND created_at >= :since;
+
+-- name: login_failures_by_ip
+SELECT COUNT(*) AS failures, MIN(created_at) AS oldest
+FROM login_failures WHERE ip = :ip AND created_at >= :since;
+
+-- name: login_failures_clear_email
+DELETE FROM login_failures WHERE email = :email;
+
+-- name: login_failures_prune
+DELETE FROM login_failures WHERE created_at < :before;
+
+-- name: mail_insert
+INSERT INTO mail_outbox (to_addr, subject, body_text, status, error, created_at, sent_at)
+VALUES (:to_addr, :subject, :body_text, :status, :error, :now, :sent_at);
+
+-- name: mail_recent
+SELECT * FROM mail_outbox ORDER BY created_at DESC, id DESC LIMIT :limit;
+
+-- name: mail_by_id
+SELECT * FROM mail_outbox WHERE id = :id;
+
+-- name: mail_latest_to
+SELECT * FROM mail_outbox WHERE to_addr = :to_addr ORDER BY created_at DESC, id DESC LIMIT 1;
+
+-- name: identity_user
+SELECT u.* FROM user_identities i JOIN users u ON u.id = i.user_id
+WHERE i.provider = :provider AND i.subject = :subject;
+
+-- name: identity_insert
+INSERT INTO user_identities (user_id, provider, subject, created_at)
+VALUES (:user_id, :provider, :subject, :now);
+
+-- name: site_user_mark_pending
+UPDATE users SET status = 'pending', updated_at = :now WHERE id = :id;
+
+-- name: site_user_retry_registration
+-- Someone registering again before verifying: the newest name and password win.
+UPDATE users SET name = :name, password_hash = :password_hash, updated_at = :now
+WHERE id = :id AND email_verified = 0;
+
+-- name: site_user_mark_verified
+-- Only a pending account becomes active: verifying never lifts a suspension.
+UPDATE users SET email_verified = 1,
+    status = CASE WHEN status = 'pending' THEN 'active' ELSE status END, updated_at = :now
+WHERE id = :id;
+
+-- name: site_user_set_name
+UPDATE users SET name = :name, updated_at = :now WHERE id = :id;
+
+-- name: site_user_set_password
+UPDATE users SET password_hash = :password_hash, updated_at = :now WHERE id = :id;
+
+-- name: site_user_anonymize
+-- Account deletion keeps the row (orders and usage refer to it) but nothing personal.
+UPDATE users SET email = :email, name = '', password_hash = '', status = 'deleted',
+    is_admin = 0, updated_at = :now
+WHERE id = :id;
+
+-- name: site_user_revoke_keys
+UPDATE api_keys SET revoked_at = :now, updated_at = :now
+WHERE user_id = :user_id AND revoked_at IS NULL;
+
+-- name: site_user_forget_identities
+DELETE FROM user_identities WHERE user_id = :user_id;

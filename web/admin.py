@@ -1,0 +1,150 @@
+"""The operator's pages: overview, users (search, filter, inline changes), costs, outbox, audit."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from gateway import admin, catalog
+from gateway.accounts import AccountError
+from gateway.app import health_snapshot
+from gateway.state import CONFIG, STATE
+from web.guards import require_admin
+from web.responses import (
+    client_ip,
+    db_of,
+    flash,
+    form_data,
+    htmx_target,
+    int_param,
+    is_htmx,
+    redirect,
+    render,
+    safe_next,
+)
+
+
+async def overview_context(request: web.Request, parts: tuple[str, ...]) -> dict[str, Any]:
+    ctx: dict[str, Any] = {}
+    if "stats" in parts:
+        ctx["stats"] = await admin.platform_stats(db_of(request))
+    if "health" in parts:
+        ctx["health"] = health_snapshot(request.app[STATE])
+    return ctx
+
+
+async def overview_page(request: web.Request) -> web.Response:
+    await require_admin(request)
+    ctx = await overview_context(request, ("stats", "health"))
+    ctx["audit"], _, _ = await admin.audit_entries(db_of(request), 1, 8)
+    return await render(request, "pages/admin/overview.html", ctx)
+
+
+async def overview_fragment(request: web.Request) -> web.Response:
+    await require_admin(request)
+    name = request.match_info["name"]
+    templates = {"stats": "partials/admin_stats.html", "health": "partials/admin_health.html"}
+    if name not in templates:
+        raise web.HTTPNotFound()
+    return await render(request, templates[name], await overview_context(request, (name,)))
+
+
+def _user_filter(query: Any) -> admin.UserFilter:
+    return admin.UserFilter(query=query.get("q", "")[:200], plan=query.get("plan", ""),
+                            status=query.get("status", ""),
+                            page=int_param(query.get("page"), 1, 1, 1_000_000))
+
+
+def _page_link(f: admin.UserFilter, page: int) -> str:
+    params = {k: v for k, v in (("q", f.query), ("plan", f.plan), ("status", f.status))
+              if v}
+    if page > 1:
+        params["page"] = str(page)
+    return "/admin/users" + (f"?{urlencode(params)}" if params else "")
+
+
+async def users_page(request: web.Request) -> web.Response:
+    await require_admin(request)
+    result = await admin.search_users(db_of(request), _user_filter(request.query))
+    ctx = {
+        "result": result, "plans": await catalog.plans(db_of(request)),
+        "statuses": admin.STATUSES, "page_link": _page_link,
+        "back": _page_link(result.filter, result.page),
+    }
+    if htmx_target(request) == "users-table":
+        return await render(request, "partials/admin_users_table.html", ctx, forms=True)
+    return await render(request, "pages/admin/users.html", ctx, forms=True)
+
+
+async def _user_action(request: web.Request, field: str) -> web.Response:
+    actor = await require_admin(request)
+    form = await form_data(request)
+    try:
+        user_id = int(request.match_info["user_id"])
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    error = ""
+    db = db_of(request)
+    try:
+        if field == "status":
+            await admin.change_status(db, actor, user_id, form.get("status", ""),
+                                      client_ip(request))
+        else:
+            await admin.change_plan(db, actor, user_id, form.get("plan", ""), client_ip(request))
+    except AccountError as exc:
+        error = str(exc)
+    if is_htmx(request):
+        try:
+            row = await admin.user_row(db, user_id)
+        except AccountError:
+            raise web.HTTPNotFound() from None
+        return await render(request, "partials/admin_user_row.html", {
+            "u": row, "plans": await catalog.plans(db), "row_error": error,
+            "row_saved": "" if error else "Saved", "back": safe_next(form.get("back"),
+                                                                      "/admin/users")},
+            status=422 if error else 200, forms=True)
+    await flash(request, f"Not changed: {error}" if error else "Saved.")
+    redirect(safe_next(form.get("back"), "/admin/users"))
+
+
+async def user_status(request: web.Request) -> web.Response:
+    return await _user_action(request, "status")
+
+
+async def user_plan(request: web.Request) -> web.Response:
+    return await _user_action(request, "plan")
+
+
+async def costs_page(request: web.Request) -> web.Response:
+    await require_admin(request)
+    providers = [p.name for p in request.app[CONFIG].providers]
+    report = await admin.cost_report(db_of(request), providers)
+    return await render(request, "pages/admin/costs.html", {"report": report})
+
+
+async def outbox_page(request: web.Request) -> web.Response:
+    await require_admin(request)
+    mails = await admin.outbox(db_of(request))
+    return await render(request, "pages/admin/outbox.html", {
+        "mails": mails, "smtp": bool(request.app[CONFIG].mail.smtp_host)})
+
+
+async def outbox_message_page(request: web.Request) -> web.Response:
+    await require_admin(request)
+    try:
+        message = await admin.outbox_message(db_of(request), int(request.match_info["mail_id"]))
+    except ValueError:
+        message = None
+    if message is None:
+        raise web.HTTPNotFound()
+    return await render(request, "pages/admin/outbox_message.html", {"mail": message})
+
+
+async def audit_page(request: web.Request) -> web.Response:
+    await require_admin(request)
+    entries, page, pages = await admin.audit_entries(
+        db_of(request), int_param(request.query.get("page"), 1, 1, 1_000_000))
+    return await render(request, "pages/admin/audit.html",
+                        {"entries": entries, "page": page, "pages": pages})

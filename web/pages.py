@@ -1,0 +1,80 @@
+"""Public pages: landing, pricing, docs, blog, sitemap.xml, robots.txt."""
+
+from __future__ import annotations
+
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+from gateway import catalog
+from gateway.app import health_snapshot
+from gateway.state import CONFIG, STATE
+from web.responses import db_of, public_url, render, site_of
+
+PUBLIC_PAGES = ("/", "/pricing", "/docs", "/blog", "/login", "/register")
+PRIVATE_PREFIXES = ("/dashboard", "/settings", "/orders", "/admin", "/remote", "/api/")
+
+
+async def home(request: web.Request) -> web.Response:
+    plans = await catalog.plans(db_of(request))
+    return await render(request, "pages/home.html", {
+        "plans": plans, "posts": site_of(request).posts[:3]})
+
+
+async def pricing(request: web.Request) -> web.Response:
+    return await render(request, "pages/pricing.html",
+                        {"plans": await catalog.plans(db_of(request))})
+
+
+async def docs(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    snapshot = health_snapshot(request.app[STATE])
+    return await render(request, "pages/docs.html", {
+        "plans": await catalog.plans(db_of(request)),
+        "providers": catalog.provider_models(config),
+        "routes": catalog.example_routes(config),
+        "provider_status": {name: p.get("status", "") for name, p in
+                            snapshot.get("providers", {}).items()},
+    })
+
+
+async def blog_index(request: web.Request) -> web.Response:
+    posts = site_of(request).posts
+    category = request.query.get("category", "")
+    categories = sorted({(p.category_slug, p.category) for p in posts})
+    shown = [p for p in posts if not category or p.category_slug == category]
+    if category and not shown:
+        raise web.HTTPNotFound()
+    return await render(request, "pages/blog_index.html", {
+        "posts": shown, "categories": categories, "category": category})
+
+
+async def blog_post(request: web.Request) -> web.Response:
+    slug = request.match_info["slug"]
+    posts = site_of(request).posts
+    post = next((p for p in posts if p.slug == slug), None)
+    if post is None:
+        raise web.HTTPNotFound()
+    others = [p for p in posts if p.slug != slug][:3]
+    return await render(request, "pages/blog_post.html", {"post": post, "others": others})
+
+
+async def sitemap(request: web.Request) -> web.Response:
+    base = public_url(request)
+    entries: list[tuple[str, str | None]] = [(base + path, None) for path in PUBLIC_PAGES]
+    entries += [(f"{base}/blog/{p.slug}", p.published.isoformat())
+                for p in site_of(request).posts]
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>',
+             '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">']
+    for loc, modified in entries:
+        lastmod = f"<lastmod>{modified}</lastmod>" if modified else ""
+        lines.append(f"  <url><loc>{escape(loc)}</loc>{lastmod}</url>")
+    lines.append("</urlset>")
+    return web.Response(text="\n".join(lines) + "\n", content_type="application/xml")
+
+
+async def robots(request: web.Request) -> web.Response:
+    lines = ["User-agent: *", "Allow: /"]
+    lines += [f"Disallow: {prefix}" for prefix in PRIVATE_PREFIXES]
+    lines += ["", f"Sitemap: {public_url(request)}/sitemap.xml", ""]
+    return web.Response(text="\n".join(lines), content_type="text/plain")
