@@ -28,7 +28,9 @@ from gateway.providers.base import Call, Provider
 from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.relay import FORWARDED_HEADERS, api_key_from, handle_messages, parse_request
+from gateway.remote_hub import RemoteHub, ViewerAuth
 from gateway.routing import listed_models, plan_route
+from gateway.sessions import signed_in_user
 from gateway.site import setup_site
 from gateway.state import CONFIG, REQUEST_ID, STATE, GatewayState
 from gateway.storage import Database, open_database
@@ -46,6 +48,7 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/v1/models", handle_models)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/remote-ws", handle_remote_ws)
     setup_site(app, config)  # pages, /api/auth|dashboard|admin, sessions, CSRF, static files
     return app
 
@@ -95,11 +98,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         health=HealthChecker(config.providers, breakers, routing.health_interval),
         breakers=breakers, started_at=time.time())
     state.providers = {p.name: make_provider(p) for p in config.providers}
+    state.remote = RemoteHub(db, state.keys, config.remote, config.public_url,
+                             viewer_user=signed_in_user_id(db))
     register_gauges(state)
     app[STATE] = state
     recorder.start()
     tasks = [asyncio.create_task(state.keys.run_refresher(), name="key-cache-refresher"),
              asyncio.create_task(keepalive_pings(state), name="keepalive-pings")]
+    tasks.append(asyncio.create_task(state.remote.run_sweeper(), name="remote-sweeper"))
     if routing.health_interval > 0 and state.health.providers:
         tasks.append(asyncio.create_task(state.health.run(), name="health-checker"))
     try:
@@ -107,6 +113,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             await cancel(task)
+        await state.remote.close_all()
         await recorder.stop()  # drains the queue: a clean shutdown loses no usage row
         for provider in state.providers.values():
             await provider.close()
@@ -200,6 +207,25 @@ def health_snapshot(state: GatewayState) -> dict[str, Any]:
 async def handle_health(request: web.Request) -> web.Response:
     snapshot = health_snapshot(request.app[STATE])
     return web.json_response(snapshot, status=200 if snapshot["status"] == "ok" else 503)
+
+
+async def handle_remote_ws(request: web.Request) -> web.StreamResponse:
+    hub = request.app[STATE].remote
+    if hub is None or not request.app[STATE].config.remote.enabled:
+        raise web.HTTPNotFound(text="remote control is disabled")
+    return await hub.handle(request)
+
+
+def signed_in_user_id(db: Database) -> ViewerAuth:
+    """The web session's user id, for the remote hub's viewer role."""
+    async def load(user_id: int) -> Any:
+        return await db.fetch_one("user_by_id", {"id": user_id})
+
+    async def viewer(request: web.Request) -> int | None:
+        user = await signed_in_user(request, load)
+        return user.id if user is not None else None
+
+    return viewer
 
 
 async def handle_metrics(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from gateway import remote_bridge
 from gateway.accounts import (
     AccountError,
     create_key,
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("email", nargs="?", help="only this user")
     usage.add_argument("--days", type=int, default=30, help="look back this many days (30)")
 
+    bridge = sub.add_parser("remote-bridge",
+                            help="relay this machine's terminal to the gateway (remote control)")
+    remote_bridge.add_arguments(bridge)
+
     from gateway import fake_upstream
 
     fake = sub.add_parser("fake-upstream", help="run the scripted fake provider (tests, demos)")
@@ -88,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = args.command or "serve"
+    if command == "remote-bridge":
+        return remote_bridge.run(args)
     if command == "fake-upstream":
         from gateway import fake_upstream
 

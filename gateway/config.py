@@ -139,6 +139,22 @@ class GoogleConfig:
         return bool(self.client_id)
 
 
+DEFAULT_TRIGGERS = ("remote control", "start remote control", "enable remote control",
+                    "开启远程控制", "远程控制")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteConfig:
+    """Remote control of a Claude Code terminal from a phone."""
+
+    enabled: bool = True
+    triggers: tuple[str, ...] = DEFAULT_TRIGGERS
+    session_hours: float = 2.0
+    buffer_bytes: int = 64 * 1024         # output kept for viewers who connect late
+    max_message_bytes: int = 256 * 1024   # largest WebSocket message accepted
+    messages_per_second: float = 200.0    # per connection, with bursts of twice that
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """A smart-routing target: this provider, this upstream model."""
@@ -174,6 +190,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     google: GoogleConfig = field(default_factory=GoogleConfig)
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
     source: str = "<defaults>"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -444,6 +461,23 @@ def _route(r: _Reader, name: str, providers: dict[str, ProviderConfig]) -> Route
     return route
 
 
+def _remote(r: _Reader) -> RemoteConfig:
+    d = RemoteConfig()
+    triggers = r.get("triggers", list, list(d.triggers))
+    if not all(isinstance(t, str) and t.strip() for t in triggers):
+        raise r.error("triggers", "must be a list of non-empty phrases")
+    remote = RemoteConfig(
+        enabled=r.get("enabled", bool, d.enabled),
+        triggers=tuple(t.strip().lower() for t in triggers),
+        session_hours=r.positive("session_hours", float, d.session_hours),
+        buffer_bytes=r.positive("buffer_bytes", int, d.buffer_bytes),
+        max_message_bytes=r.positive("max_message_bytes", int, d.max_message_bytes),
+        messages_per_second=r.positive("messages_per_second", float, d.messages_per_second),
+    )
+    r.finish()
+    return remote
+
+
 def _routing(r: _Reader, providers: dict[str, ProviderConfig]) -> RoutingConfig:
     d = RoutingConfig()
     routing = RoutingConfig(
@@ -501,6 +535,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     google = _google(root.sub("google"))
     final_providers = tuple(providers) or (DEMO_PROVIDER,)
     routing = _routing(root.sub("routing"), {p.name: p for p in final_providers})
+    remote = _remote(root.sub("remote"))
     root.finish()
     return Config(
         server=server,
@@ -511,6 +546,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
         web=web,
         mail=mail,
         google=google,
+        remote=remote,
         source=source,
         base_dir=base_dir or Path.cwd(),
     )

@@ -26,6 +26,8 @@ from gateway.protocol.openai_request import validate_anthropic_request
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply
+from gateway.remote_sessions import create_session
+from gateway.remote_trigger import is_trigger, message_json, message_sse, reply_content
 from gateway.routing import base_model_name, plan_route
 from gateway.state import REQUEST_ID, STATE, GatewayState
 from gateway.usage import UsageRecord
@@ -62,6 +64,8 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         headers={h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers},
         input_estimate=estimate,
     )
+    if state.config.remote.enabled and is_trigger(body, state.config.remote.triggers):
+        return await answer_remote_control(state, key, call, rate_headers)
     trip = Trip(state, key, call, started)
     try:
         options = plan_route(state.config.routing, state.config.providers, body,
@@ -117,6 +121,20 @@ async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[st
     finally:
         streams.pop(response, None)
     await response.write_eof()
+
+
+async def answer_remote_control(state: GatewayState, key: KeyInfo, call: Call,
+                                rate_headers: dict[str, str]) -> web.Response:
+    """"remote control" typed to Claude Code: no upstream call, a session and a Bash call
+    that starts the bridge (gateway/remote_trigger.py)."""
+    session = await create_session(state.db, key.user_id, state.config.remote.session_hours)
+    content = reply_content(call.body, session, state.config.public_url,
+                            "toolu_" + secrets.token_hex(12))
+    if call.stream:
+        return web.Response(body=message_sse(call.client_model, call.message_id, content),
+                            headers={**SSE_HEADERS, **rate_headers})
+    return web.Response(body=message_json(call.client_model, call.message_id, content),
+                        headers=rate_headers, content_type="application/json")
 
 
 class Trip:

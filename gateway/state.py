@@ -13,6 +13,7 @@ from gateway.keycache import KeyCache
 from gateway.limits import Limits
 from gateway.metrics import Metrics
 from gateway.providers.base import Provider
+from gateway.remote_hub import RemoteHub
 from gateway.storage import Database
 from gateway.usage import NoopRecorder, UsageRecorder
 
@@ -30,6 +31,7 @@ class GatewayState:
     metrics: Metrics = field(default_factory=Metrics)
     # open client streams -> monotonic time of their last write (keep-alive pings, gauge)
     streams: dict[web.StreamResponse, float] = field(default_factory=dict)
+    remote: RemoteHub | None = None
     started_at: float = 0.0
 
 
