@@ -1,0 +1,1073 @@
+"""Measure what the gateway adds on top of its upstream: direct vs through, in the same run.
+
+    python loadtest/bench.py                      # the full table (about 4 minutes)
+    python loadtest/bench.py --compare litellm    # the same, plus LiteLLM's proxy as a row
+    python loadtest/bench.py --soak 300           # plus a 5-minute memory soak
+    python loadtest/bench.py --quick              # seconds: a smoke run (used by the tests)
+
+Method
+------
+Processes. `fake-upstream` (precomputed answers, so it costs next to nothing per request) and
+the gateway run as separate processes started here, pinned with `sched_setaffinity` when the
+machine has two CPUs or more: the gateway on CPU 0, the fake upstream on CPU 1, and the load
+generator on CPU 1 as well (with three or more CPUs it gets the rest to itself). The same
+placement serves every row, so "direct" is the fake upstream plus the client on CPU 1, and
+"through" adds one gateway on its own core: the ratio through/direct says whether the gateway
+keeps up with what its upstream can serve. A second gateway with `[server] accounting =
+false` (no limits, no usage rows) is the baseline for the cost of accounting (issue 6), and
+`--compare litellm` adds LiteLLM's proxy, also on CPU 0, against the same fake upstream.
+
+Gateway config. One user on a plan with 0 everywhere (limits are checked but never trip), the
+product defaults otherwise: auth from the key cache, limits, usage rows written behind to
+SQLite, metrics, and the access log (to a file). Two providers: `sonnet` models go to the
+`openai` protocol provider (full Anthropic <-> OpenAI conversion), `opus` models to the
+`anthropic` protocol provider (bytes passed through, usage tapped). "Direct" requests are the
+exact bodies the gateway sends upstream (`to_openai_request` for the openai protocol).
+
+Scenarios, each for both protocols: (a) `small`, a non-streamed chat answered in 5 pieces;
+(b) `stream50`, a streamed answer of 50 content chunks. Plus `stream100` (openai) to check that
+doubling the chunks at most doubles the gateway's CPU per request.
+
+Throughput. `wrk` (Debian package `wrk`, POST bodies from a generated Lua script) with one
+thread and `--connections` (32) open connections for `--duration` seconds after a warm-up;
+without `wrk` (or with `--no-wrk`) a small aiohttp client with the same number of connections.
+Reported: requests/s, p50/p99 latency of the whole response, added p50 (through minus direct
+at the same concurrency), CPU per request of the serving process (utime+stime deltas from
+/proc/PID/stat divided by the requests served), its peak RSS (VmHWM from /proc/PID/status),
+and through/direct throughput.
+
+Sequential latency. One keep-alive connection per target, interleaved rounds (the order of
+the targets rotates every round): each round sends `--seq-requests` requests to each target
+in turn; the added latency is the median over rounds of (round median through - round median
+direct), so slow drifts of the machine cancel out.
+
+Memory. `--open-streams` (1,000) streams opened through the gateway at once (openai protocol,
+slow upstream so they all stay open), the gateway's VmRSS read while all are open. `--soak S`
+drives streamed load for S seconds in 10-second slices and reads VmRSS after each slice.
+
+Figures are printed as a table and written as JSON to loadtest/results/ (or `--json PATH`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.protocol.openai_request import OpenAIOptions, to_openai_request  # noqa: E402
+
+RESULTS = ROOT / "loadtest" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+OPENAI_MODEL = "claude-sonnet-4-6"   # -> openai protocol provider (conversion)
+PASS_MODEL = "claude-opus-4-6"       # -> anthropic protocol provider (pass-through)
+UPSTREAM_MODEL = "fake-model"
+LITELLM_KEY = "sk-bench-" + "0f" * 24  # LiteLLM refuses to start without a master key
+
+# The targets of issue 7, checked against what this run measured.
+TARGET_SEQ_ADDED_MS = 0.30
+TARGET_SMALL_RPS = 3000
+TARGET_SMALL_ADDED_MS = 1.0
+TARGET_STREAM_RPS = 700
+TARGET_PASS_RATIO = 0.85
+TARGET_VS_LITELLM = 10.0
+TARGET_RSS_MB = 150
+TARGET_SOAK_GROWTH = 0.10
+TARGET_ACCOUNTING_COST = 0.10
+
+
+# ---------------------------------------------------------------- processes and /proc
+
+
+def cpu_plan() -> dict[str, set[int] | None]:
+    """Which CPUs each process gets: gateway alone, fake upstream and client together."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return {"gateway": None, "upstream": None, "client": None}
+    rest = set(cpus[2:]) or {cpus[1]}
+    return {"gateway": {cpus[0]}, "upstream": {cpus[1]}, "client": rest}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes, in seconds (fields 14 and 15 of /proc/PID/stat)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def memory_kb(pids: list[int], field_name: str) -> int:
+    """A /proc/PID/status memory field (VmRSS, VmHWM) summed over the processes, in KiB."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(field_name + ":"):
+                    total += int(line.split()[1])
+    return total
+
+
+def busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all CPUs, from /proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def own_seconds() -> float:
+    """CPU time of this process and its finished children (wrk, py-spy)."""
+    me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                     resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def descendants(pid: int) -> list[int]:
+    """The process and all its children (LiteLLM may fork a worker)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, IndexError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tool_path(name: str) -> str:
+    """A console script of this virtual environment, else whatever is on PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A process started by the benchmark, with where it listens and how to check it is up."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    ready_path: str
+
+    @property
+    def pids(self) -> list[int]:
+        return descendants(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_process(name: str, argv: list[str], cpus: set[int] | None, log: Path,
+                  url: str, ready_path: str, env: dict[str, str] | None = None) -> Server:
+    def pin() -> None:
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})}, preexec_fn=pin)
+    return Server(name, proc, url, ready_path)
+
+
+async def wait_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"{server.name} exited with {server.proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(server.url + server.ready_path) as resp:
+                    if resp.status < 500:
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{server.name} did not start within {timeout:.0f} s")
+
+
+# ---------------------------------------------------------------- the gateway's world
+
+
+def gateway_config(workdir: Path, name: str, port: int, upstream: str, accounting: bool) -> Path:
+    """A config with both protocols against the fake upstream and the benchmark plan."""
+    text = f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+accounting = {"true" if accounting else "false"}
+
+[database]
+path = "{workdir / 'llmapi.db'}"
+
+[routing]
+health_interval = 0
+
+[[providers]]
+name = "fake-openai"
+protocol = "openai"
+base_url = "{upstream}/v1"
+[providers.models]
+sonnet = "{UPSTREAM_MODEL}"
+haiku = "{UPSTREAM_MODEL}"
+
+[[providers]]
+name = "fake-anthropic"
+protocol = "anthropic"
+base_url = "{upstream}"
+[providers.models]
+opus = "{UPSTREAM_MODEL}"
+
+[[plans]]
+name = "bench"
+monthly_tokens = 0
+rpm = 0
+rpd = 0
+max_keys = 0
+max_input_tokens = 0
+"""
+    path = workdir / f"{name}.toml"
+    path.write_text(text)
+    return path
+
+
+async def make_keys(config: Path, users: int, keys_per_user: int) -> list[str]:
+    """Users on the benchmark plan and their raw keys (created straight in the database)."""
+    from gateway.accounts import create_key, create_user
+    from gateway.config import load_config
+    from gateway.storage import open_database
+
+    cfg = load_config(str(config))
+    db = await open_database(cfg.database_path)
+    try:
+        from gateway.app import sync_plans
+
+        await sync_plans(db, cfg.plans)
+        keys = []
+        for u in range(users):
+            email = f"bench{u}@example.com"
+            await create_user(db, email, plan="bench")
+            for _ in range(keys_per_user):
+                keys.append((await create_key(db, email)).raw)
+        return keys
+    finally:
+        await db.close()
+
+
+# ---------------------------------------------------------------- requests
+
+
+def user_text(directive: dict[str, Any] | None, text: str) -> str:
+    return (f"[[fake:{json.dumps(directive, separators=(',', ':'))}]] " if directive else "") + text
+
+
+def anthropic_body(model: str, stream: bool, directive: dict[str, Any] | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model, "max_tokens": 1024,
+        "messages": [{"role": "user", "content": user_text(
+            directive, "Write a haiku about a relay that you do not notice.")}],
+    }
+    if stream:
+        body["stream"] = True
+    return body
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one row's requests go."""
+
+    name: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    protocol: str  # openai | anthropic
+    stream: bool
+    chunks: int
+
+    def body(self) -> dict[str, Any]:
+        model = OPENAI_MODEL if self.protocol == "openai" else PASS_MODEL
+        directive = {"chunks": self.chunks} if self.chunks != 5 else None
+        return anthropic_body(model, self.stream, directive)
+
+    def direct(self, upstream: str) -> Target:
+        body = self.body()
+        if self.protocol == "openai":
+            payload = to_openai_request(body, UPSTREAM_MODEL, OpenAIOptions())
+            return Target("direct", upstream + "/v1/chat/completions", orjson.dumps(payload),
+                          {"Content-Type": "application/json"})
+        return Target("direct", upstream + "/v1/messages",
+                      orjson.dumps({**body, "model": UPSTREAM_MODEL}),
+                      {"Content-Type": "application/json", "anthropic-version": "2023-06-01"})
+
+    def through(self, name: str, base: str, key: str) -> Target:
+        return Target(name, base + "/v1/messages", orjson.dumps(self.body()),
+                      {"Content-Type": "application/json", "x-api-key": key,
+                       "anthropic-version": "2023-06-01"})
+
+
+SCENARIOS = (
+    Scenario("small-openai", "openai", False, 5),
+    Scenario("small-anthropic", "anthropic", False, 5),
+    Scenario("stream50-openai", "openai", True, 50),
+    Scenario("stream50-anthropic", "anthropic", True, 50),
+)
+STREAM100 = Scenario("stream100-openai", "openai", True, 100)
+
+
+# ---------------------------------------------------------------- load generators
+
+
+@dataclass
+class Load:
+    """What one load run saw from the client's side."""
+
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    tool: str
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+WRK_SCRIPT = """
+local f = assert(io.open("{body}", "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.method = "POST"
+{headers}
+{delay}
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {{"requests":%d,"us":%d,"errors":%d,"p50":%d,"p99":%d}}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def run_wrk(target: Target, connections: int, seconds: float, workdir: Path,
+            cpus: set[int] | None, rate: float = 0.0) -> Load:
+    """One wrk run (1 thread); its Lua script posts the target's body with its headers.
+
+    With `rate`, each connection waits connections/rate seconds between requests (wrk's
+    `delay()` hook), so the offered load stays near `rate` and below saturation."""
+    body_path = workdir / f"body-{abs(hash(target.body))}.json"
+    body_path.write_bytes(target.body)
+    headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in target.headers.items())
+    script = workdir / "post.lua"
+    delay = (f"function delay() return {connections / rate * 1000:.3f} end" if rate else "")
+    script.write_text(WRK_SCRIPT.format(body=body_path, headers=headers, delay=delay))
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+            "--timeout", "10s", "-s", str(script), target.url]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
+                          preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+                          check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRKJSON "):
+            data = json.loads(line[8:])
+            return Load(data["requests"], data["errors"], data["us"] / 1e6,
+                        data["p50"] / 1000, data["p99"] / 1000, "wrk")
+    raise RuntimeError(f"wrk failed: {done.stdout}\n{done.stderr}")
+
+
+async def run_aiohttp(target: Target, connections: int, seconds: float) -> Load:
+    """The fallback load generator: `connections` workers posting in a loop until time is up."""
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        started = time.perf_counter()
+        deadline = started + seconds
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    async with session.post(target.url, data=target.body,
+                                            headers=target.headers) as resp:
+                        await resp.read()
+                        ok = resp.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                errors += not ok
+
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - started
+    return Load(len(latencies), errors, elapsed, percentile(latencies, 50) * 1000,
+                percentile(latencies, 99) * 1000, "aiohttp")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+@dataclass
+class Row:
+    """One scenario x target throughput figure."""
+
+    scenario: str
+    target: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+    cpu_ms_per_request: float
+    cpu_util: float
+    peak_rss_mb: float
+    added_p50_ms: float | None = None
+    ratio_vs_direct: float | None = None
+    tool: str = ""
+    foreign_cpu: float = 0.0  # CPUs' worth of work by processes not in the benchmark
+
+
+@dataclass
+class SeqRow:
+    scenario: str
+    target: str
+    p50_ms: float
+    added_p50_ms: float | None
+    added_p99_ms: float | None
+
+
+@dataclass
+class Bench:
+    """The running processes and everything measured so far."""
+
+    args: argparse.Namespace
+    workdir: Path
+    cpus: dict[str, set[int] | None]
+    upstream: Server | None = None
+    servers: dict[str, Server] = field(default_factory=dict)  # target name -> process
+    keys: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    seq: list[SeqRow] = field(default_factory=list)
+    paced_rows: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def use_wrk(self) -> bool:
+        return not self.args.no_wrk and shutil.which("wrk") is not None
+
+    async def load(self, target: Target, seconds: float) -> Load:
+        if self.use_wrk():
+            return await asyncio.to_thread(run_wrk, target, self.args.connections, seconds,
+                                           self.workdir, self.cpus["client"])
+        return await run_aiohttp(target, self.args.connections, seconds)
+
+    def targets(self, scenario: Scenario) -> list[Target]:
+        assert self.upstream is not None
+        found = [scenario.direct(self.upstream.url)]
+        for name, server in self.servers.items():
+            if name == "litellm":
+                found.append(litellm_target(scenario, server.url))
+            elif name == "aiohttp-floor":
+                if scenario.protocol == "anthropic":  # it only passes bytes through
+                    found.append(Target(name, server.url + "/v1/messages",
+                                        orjson.dumps({**scenario.body(), "model": UPSTREAM_MODEL}),
+                                        {"Content-Type": "application/json"}))
+            else:
+                found.append(scenario.through(name, server.url, self.keys[0]))
+        return found
+
+    def all_pids(self) -> list[int]:
+        servers = [*self.servers.values(), *([self.upstream] if self.upstream else [])]
+        return [pid for server in servers for pid in server.pids]
+
+    def process_of(self, target: str) -> Server:
+        assert self.upstream is not None
+        return self.upstream if target == "direct" else self.servers[target]
+
+    async def throughput(self, scenario: Scenario, only: tuple[str, ...] = ()) -> None:
+        direct: Row | None = None
+        for target in self.targets(scenario):
+            if only and target.name not in only:
+                continue
+            server = self.process_of(target.name)
+            await self.load(target, self.args.warmup)  # connections, caches, JIT-free warm-up
+            pids = server.pids
+            profiler = self.start_profiler(scenario, target.name, server)
+            ours = self.all_pids()
+            cpu0, ours0, busy0, own0 = (cpu_seconds(pids), cpu_seconds(ours), busy_seconds(),
+                                        own_seconds())
+            load = await self.load(target, self.args.duration)
+            cpu = cpu_seconds(pids) - cpu0
+            foreign = (busy_seconds() - busy0 - (cpu_seconds(ours) - ours0)
+                       - (own_seconds() - own0)) / load.seconds if load.seconds else 0.0
+            if profiler is not None:
+                self.finish_profiler(scenario, profiler)
+            row = Row(scenario.name, target.name, load.rps, load.p50_ms, load.p99_ms,
+                      load.errors, load.requests,
+                      cpu * 1000 / load.requests if load.requests else 0.0,
+                      cpu / load.seconds if load.seconds else 0.0,
+                      memory_kb(pids, "VmHWM") / 1024, tool=load.tool,
+                      foreign_cpu=max(0.0, foreign))
+            if target.name == "direct":
+                direct = row
+            elif direct is not None:
+                row.added_p50_ms = row.p50_ms - direct.p50_ms
+                row.ratio_vs_direct = row.rps / direct.rps if direct.rps else None
+            self.rows.append(row)
+            print(f"  {scenario.name:<20} {target.name:<14} {row.rps:9.0f} req/s  "
+                  f"p50 {row.p50_ms:7.2f} ms  p99 {row.p99_ms:7.2f} ms  "
+                  f"cpu {row.cpu_ms_per_request:6.3f} ms/req  errors {row.errors}"
+                  + (f"  (other processes used {foreign:.2f} CPU)" if foreign > 0.1 else ""),
+                  flush=True)
+
+    def start_profiler(self, scenario: Scenario, target: str,
+                       server: Server) -> subprocess.Popen[bytes] | None:
+        """py-spy on the gateway during this run, when `--profile` names the scenario."""
+        if target != "llmapi" or scenario.name not in self.args.profile:
+            return None
+        out = self.workdir / f"profile-{scenario.name}.txt"
+        return subprocess.Popen(
+            [tool_path("py-spy"), "record", "--pid", str(server.proc.pid), "--rate", "250",
+             "--format", "raw", "--nonblocking", "--output", str(out),
+             "--duration", str(max(1, round(self.args.duration)))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def finish_profiler(self, scenario: Scenario, profiler: subprocess.Popen[bytes]) -> None:
+        profiler.wait(60)
+        out = self.workdir / f"profile-{scenario.name}.txt"
+        if out.exists():
+            summary = summarize_profile(out.read_text())
+            self.extra.setdefault("profiles", {})[scenario.name] = summary
+            print(f"  profile {out}")
+            for name, own, total in summary[:25]:
+                print(f"    self {own:5.1%}  total {total:5.1%}  {name}")
+
+    async def paced(self, scenario: Scenario) -> None:
+        """Latency at `--connections` with a fixed offered rate below saturation."""
+        direct_p50 = None
+        for target in self.targets(scenario):
+            if target.name not in ("direct", "llmapi", "llmapi-noacct"):
+                continue
+            for seconds in (self.args.warmup, self.args.duration):
+                load = await asyncio.to_thread(run_wrk, target, self.args.connections, seconds,
+                                               self.workdir, self.cpus["client"],
+                                               self.args.paced_rate)
+            added = None if direct_p50 is None else load.p50_ms - direct_p50
+            if target.name == "direct":
+                direct_p50 = load.p50_ms
+            self.paced_rows.append({"scenario": scenario.name, "target": target.name,
+                                    "rps": load.rps, "p50_ms": load.p50_ms,
+                                    "p99_ms": load.p99_ms, "added_p50_ms": added,
+                                    "errors": load.errors})
+            print(f"  {scenario.name:<20} {target.name:<14} {load.rps:7.0f} req/s offered "
+                  f"p50 {load.p50_ms:6.2f} ms p99 {load.p99_ms:6.2f} ms"
+                  + (f"  added p50 {added:+.3f} ms" if added is not None else ""), flush=True)
+
+    async def sequential(self, scenario: Scenario) -> None:
+        """Interleaved rounds over one keep-alive connection per target."""
+        targets = self.targets(scenario)
+        rounds: dict[str, list[float]] = {t.name: [] for t in targets}
+        round_p99: dict[str, list[float]] = {t.name: [] for t in targets}
+        sessions = {t.name: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+                    for t in targets}
+        try:
+            for r in range(self.args.seq_rounds + 1):  # round 0 warms up
+                shift = r % len(targets)
+                for target in targets[shift:] + targets[:shift]:
+                    times = await timed_requests(sessions[target.name], target,
+                                                 self.args.seq_requests)
+                    if r:
+                        rounds[target.name].append(statistics.median(times))
+                        round_p99[target.name].append(percentile(times, 99))
+        finally:
+            for session in sessions.values():
+                await session.close()
+        direct = rounds["direct"]
+        for target in targets:
+            mine = rounds[target.name]
+            added = added99 = None
+            if target.name != "direct":
+                added = statistics.median(a - b for a, b in zip(mine, direct, strict=True))
+                added99 = statistics.median(
+                    a - b for a, b in zip(round_p99[target.name], round_p99["direct"],
+                                          strict=True))
+            row = SeqRow(scenario.name, target.name, statistics.median(mine) * 1000,
+                         added * 1000 if added is not None else None,
+                         added99 * 1000 if added99 is not None else None)
+            self.seq.append(row)
+            extra = f"  added p50 {row.added_p50_ms:6.3f} ms" if added is not None else ""
+            print(f"  {scenario.name:<20} {target.name:<14} p50 {row.p50_ms:6.3f} ms{extra}",
+                  flush=True)
+
+    async def open_streams(self, count: int) -> None:
+        """Hold `count` converted streams open through the gateway; read its RSS meanwhile."""
+        server = self.servers["llmapi"]
+        scenario_body = anthropic_body(OPENAI_MODEL, True,
+                                       {"chunks": 20, "chunk_delay": 0.3})
+        target = Target("llmapi", server.url + "/v1/messages", orjson.dumps(scenario_body),
+                        {"Content-Type": "application/json", "x-api-key": self.keys[0]})
+        before = memory_kb(server.pids, "VmRSS") / 1024
+        connector = aiohttp.TCPConnector(limit=0)
+        results: list[bool] = []
+        async with aiohttp.ClientSession(connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=60)) as session:
+
+            async def one() -> None:
+                try:
+                    async with session.post(target.url, data=target.body,
+                                            headers=target.headers) as resp:
+                        await resp.read()
+                        results.append(resp.status == 200)
+                except aiohttp.ClientError:
+                    results.append(False)
+
+            tasks = []
+            for i in range(count):  # open in batches so the listen backlog never overflows
+                tasks.append(asyncio.create_task(one()))
+                if i % 100 == 99:
+                    await asyncio.sleep(0.05)
+            active = await wait_active_streams(server.url, count, timeout=5.0)
+            during = memory_kb(server.pids, "VmRSS") / 1024
+            await asyncio.gather(*tasks)
+        self.extra["open_streams"] = {
+            "requested": count, "open_at_sample": active, "rss_before_mb": before,
+            "rss_open_mb": during, "completed_ok": sum(results)}
+        print(f"  {count} open streams: {active} open at the sample, gateway RSS "
+              f"{before:.1f} MB -> {during:.1f} MB; {sum(results)} completed", flush=True)
+
+    async def soak(self, seconds: float) -> None:
+        """Streamed load in 10-second slices; VmRSS after each."""
+        scenario = SCENARIOS[2]
+        server = self.servers["llmapi"]
+        target = scenario.through("llmapi", server.url, self.keys[0])
+        samples: list[float] = []
+        requests = 0
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            load = await self.load(target, min(10.0, max(1.0, deadline - time.monotonic())))
+            requests += load.requests
+            samples.append(memory_kb(server.pids, "VmRSS") / 1024)
+        first = samples[0]
+        growth = (samples[-1] - first) / first if first else 0.0
+        self.extra["soak"] = {"seconds": seconds, "requests": requests, "rss_mb": samples,
+                              "growth": growth}
+        print(f"  soak {seconds:.0f} s, {requests} requests: RSS {first:.1f} -> "
+              f"{samples[-1]:.1f} MB (max {max(samples):.1f}), growth {growth:+.1%}", flush=True)
+
+
+def summarize_profile(collapsed: str) -> list[tuple[str, float, float]]:
+    """Functions by self time (and inclusive time) from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        samples += count
+        frames = [f.split(" (")[0] + " (" + f.rsplit("/", 1)[-1].split(":")[0] for f in
+                  stack.split(";")]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + count
+    ranked = sorted(own, key=lambda f: -own[f])
+    return [(f, own[f] / samples, total[f] / samples) for f in ranked[:40]] if samples else []
+
+
+async def timed_requests(session: aiohttp.ClientSession, target: Target, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        async with session.post(target.url, data=target.body, headers=target.headers) as resp:
+            await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"{target.name}: HTTP {resp.status}: "
+                                   f"{(await resp.read())[:300]!r}")
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+async def wait_active_streams(base: str, want: int, timeout: float) -> int:
+    """Poll the gateway's `llmapi_active_streams` gauge until `want` are open (or time out)."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            async with session.get(base + "/metrics") as resp:
+                for line in (await resp.text()).splitlines():
+                    if line.startswith("llmapi_active_streams "):
+                        seen = int(float(line.split()[1]))
+            if seen >= want:
+                break
+            await asyncio.sleep(0.1)
+    return seen
+
+
+# ---------------------------------------------------------------- LiteLLM
+
+
+def litellm_target(scenario: Scenario, base: str) -> Target:
+    return Target("litellm", base + "/v1/messages", orjson.dumps(scenario.body()),
+                  {"Content-Type": "application/json", "x-api-key": LITELLM_KEY,
+                   "Authorization": f"Bearer {LITELLM_KEY}", "anthropic-version": "2023-06-01"})
+
+
+def ensure_litellm(venv: Path) -> Path:
+    """LiteLLM's proxy in its own virtual environment under the results folder."""
+    exe = venv / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    print(f"installing litellm[proxy] into {venv} ...", flush=True)
+    base = Path(sys.base_prefix) / "bin" / "python3"
+    subprocess.run([str(base), "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
+    return exe
+
+
+def litellm_config(workdir: Path, upstream: str) -> Path:
+    path = workdir / "litellm.yaml"
+    path.write_text(f"""model_list:
+  - model_name: {OPENAI_MODEL}
+    litellm_params:
+      model: openai/{UPSTREAM_MODEL}
+      api_base: {upstream}/v1
+      api_key: x
+  - model_name: {PASS_MODEL}
+    litellm_params:
+      model: anthropic/{UPSTREAM_MODEL}
+      api_base: {upstream}
+      api_key: x
+litellm_settings:
+  telemetry: false
+  set_verbose: false
+  json_logs: false
+general_settings:
+  master_key: {LITELLM_KEY}
+  disable_spend_logs: true
+""")
+    return path
+
+
+# ---------------------------------------------------------------- report
+
+
+def target_checks(bench: Bench) -> list[dict[str, Any]]:
+    """Every issue-7 target with what this run measured and whether it was met."""
+    def row(scenario: str, target: str) -> Row | None:
+        return next((r for r in bench.rows if r.scenario == scenario and r.target == target),
+                    None)
+
+    def seq(scenario: str, target: str) -> SeqRow | None:
+        return next((r for r in bench.seq if r.scenario == scenario and r.target == target),
+                    None)
+
+    checks: list[dict[str, Any]] = []
+
+    def check(name: str, value: float | None, limit: float, higher_is_better: bool,
+              unit: str) -> None:
+        if value is None:
+            return
+        met = value >= limit if higher_is_better else value <= limit
+        checks.append({"target": name, "measured": round(value, 4), "limit": limit,
+                       "unit": unit, "met": met})
+
+    s = seq("small-openai", "llmapi")
+    check("sequential added p50, non-stream openai (accounting on)",
+          s.added_p50_ms if s else None, TARGET_SEQ_ADDED_MS, False, "ms")
+    s = seq("small-anthropic", "llmapi")
+    check("sequential added p50, non-stream anthropic (accounting on)",
+          s.added_p50_ms if s else None, TARGET_SEQ_ADDED_MS, False, "ms")
+    for scen in ("small-openai", "small-anthropic"):
+        r = row(scen, "llmapi")
+        check(f"throughput {scen} (accounting on)", r.rps if r else None, TARGET_SMALL_RPS,
+              True, "req/s")
+        paced = next((p for p in bench.paced_rows if p["scenario"] == scen
+                      and p["target"] == "llmapi"), None)
+        check(f"added p50 at {bench.args.connections} connections, {scen}, "
+              f"{bench.args.paced_rate:.0f} req/s offered",
+              paced["added_p50_ms"] if paced else None, TARGET_SMALL_ADDED_MS, False, "ms")
+        check(f"added p50 at {bench.args.connections} connections, {scen}, saturated",
+              r.added_p50_ms if r else None, TARGET_SMALL_ADDED_MS, False, "ms")
+    r = row("stream50-openai", "llmapi")
+    check("streamed 50 chunks openai (full conversion)", r.rps if r else None,
+          TARGET_STREAM_RPS, True, "req/s")
+    r = row("stream50-anthropic", "llmapi")
+    check("pass-through stream vs direct ceiling", r.ratio_vs_direct if r else None,
+          TARGET_PASS_RATIO, True, "ratio")
+    for scen in (sc.name for sc in SCENARIOS):
+        mine, theirs = row(scen, "llmapi"), row(scen, "litellm")
+        if mine and theirs and theirs.rps:
+            check(f"throughput vs LiteLLM, {scen}", mine.rps / theirs.rps, TARGET_VS_LITELLM,
+                  True, "x")
+        ms, ts = seq(scen, "llmapi"), seq(scen, "litellm")
+        if ms and ts and ms.added_p50_ms is not None and ts.added_p50_ms:
+            check(f"added latency vs LiteLLM's, {scen}", ms.added_p50_ms / ts.added_p50_ms,
+                  1 / TARGET_VS_LITELLM, False, "fraction")
+    for scen in (sc.name for sc in SCENARIOS):
+        on, off = row(scen, "llmapi"), row(scen, "llmapi-noacct")
+        if on and off and off.rps:
+            check(f"accounting cost (throughput), {scen}", 1 - on.rps / off.rps,
+                  TARGET_ACCOUNTING_COST, False, "fraction")
+    opened = bench.extra.get("open_streams")
+    if opened:
+        check(f"RSS with {opened['requested']} open streams", opened["rss_open_mb"],
+              TARGET_RSS_MB, False, "MB")
+    soak = bench.extra.get("soak")
+    if soak:
+        check("RSS growth over the soak", soak["growth"], TARGET_SOAK_GROWTH, False, "fraction")
+    r50, r100 = row("stream50-openai", "llmapi"), row("stream100-openai", "llmapi")
+    if r50 and r100 and r50.cpu_ms_per_request:
+        check("CPU/request, 100 chunks over 50 chunks", r100.cpu_ms_per_request /
+              r50.cpu_ms_per_request, 2.0, False, "x")
+    return checks
+
+
+def print_report(bench: Bench, checks: list[dict[str, Any]]) -> None:
+    tool = bench.rows[0].tool if bench.rows else ""
+    print(f"\nThroughput ({bench.args.connections} connections, {tool})")
+    head = ("scenario", "target", "req/s", "p50 ms", "p99 ms", "added p50", "CPU ms/req",
+            "CPU use", "peak RSS MB", "vs direct", "errors", "other CPU")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in bench.rows:
+        cells = (r.scenario, r.target, f"{r.rps:.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+                 "" if r.added_p50_ms is None else f"{r.added_p50_ms:+.2f}",
+                 f"{r.cpu_ms_per_request:.3f}", f"{r.cpu_util:.0%}", f"{r.peak_rss_mb:.0f}",
+                 "" if r.ratio_vs_direct is None else f"{r.ratio_vs_direct:.2f}",
+                 str(r.errors), f"{r.foreign_cpu:.2f}")
+        print("| " + " | ".join(cells) + " |")
+    if any(r.foreign_cpu > 0.1 for r in bench.rows):
+        bench.notes.append("other processes used CPU during some runs (column 'other CPU', "
+                           "in CPUs): those rows understate what this machine can do")
+    if bench.paced_rows:
+        print(f"\nPaced latency ({bench.args.paced_rate:.0f} req/s offered, "
+              f"{bench.args.connections} connections)")
+        print("| scenario | target | req/s | p50 ms | p99 ms | added p50 ms |")
+        print("|---|---|---|---|---|---|")
+        for p in bench.paced_rows:
+            added = "" if p["added_p50_ms"] is None else f"{p['added_p50_ms']:+.3f}"
+            print(f"| {p['scenario']} | {p['target']} | {p['rps']:.0f} | {p['p50_ms']:.2f} | "
+                  f"{p['p99_ms']:.2f} | {added} |")
+    if bench.seq:
+        print("\nSequential latency (one connection, interleaved rounds, median of rounds)")
+        print("| scenario | target | p50 ms | added p50 ms | added p99 ms |")
+        print("|---|---|---|---|---|")
+        for s in bench.seq:
+            added = "" if s.added_p50_ms is None else f"{s.added_p50_ms:+.3f}"
+            added99 = "" if s.added_p99_ms is None else f"{s.added_p99_ms:+.3f}"
+            print(f"| {s.scenario} | {s.target} | {s.p50_ms:.3f} | {added} | {added99} |")
+    print("\nTargets")
+    for c in checks:
+        print(f"  [{'met' if c['met'] else 'NOT met'}] {c['target']}: {c['measured']} "
+              f"{c['unit']} (target {'>=' if c['limit'] and 'req/s' in c['unit'] else ''}"
+              f"{c['limit']})")
+    for note in bench.notes:
+        print(f"  note: {note}")
+
+
+# ---------------------------------------------------------------- main
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    cpus = cpu_plan()
+    if cpus["client"]:
+        os.sched_setaffinity(0, cpus["client"])
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 1,000 streams need 2,000+ fds
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-", dir=RESULTS))
+    bench = Bench(args, workdir, cpus)
+    if cpus["gateway"] is None:
+        bench.notes.append("one CPU only: processes are not pinned, figures are not "
+                           "comparable to the targets")
+    up_port = free_port()
+    upstream = f"http://127.0.0.1:{up_port}"
+    py = sys.executable
+    servers: list[Server] = []
+    try:
+        bench.upstream = start_process(
+            "fake-upstream", [py, "-m", "gateway", "fake-upstream", "--port", str(up_port)],
+            cpus["upstream"], workdir / "fake-upstream.log", upstream, "/_fake/health")
+        servers.append(bench.upstream)
+        gateways = [("llmapi", True)] + ([("llmapi-noacct", False)] if args.accounting_compare
+                                         else [])
+        for name, accounting in gateways:
+            port = free_port()
+            config = gateway_config(workdir, name, port, upstream, accounting)
+            if not bench.keys:
+                bench.keys = await make_keys(config, 1, 1)
+            server = start_process(name, [py, "-m", "gateway", "serve", "--config", str(config)],
+                                   cpus["gateway"], workdir / f"{name}.log",
+                                   f"http://127.0.0.1:{port}", "/health")
+            servers.append(server)
+            bench.servers[name] = server
+        if args.floor:
+            port = free_port()
+            server = start_process(
+                "aiohttp-floor", [py, str(ROOT / "loadtest" / "floor_relay.py"), "--port",
+                                  str(port), "--upstream", upstream],
+                cpus["gateway"], workdir / "floor.log", f"http://127.0.0.1:{port}", "/health")
+            servers.append(server)
+            bench.servers["aiohttp-floor"] = server
+        if args.compare == "litellm":
+            exe = ensure_litellm(RESULTS / "litellm-venv")
+            port = free_port()
+            server = start_process(
+                "litellm", [str(exe), "--config", str(litellm_config(workdir, upstream)),
+                            "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+                cpus["gateway"], workdir / "litellm.log", f"http://127.0.0.1:{port}",
+                "/health/liveliness",
+                # chat/completions like the gateway, not OpenAI's Responses API
+                env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False",
+                     "LITELLM_USE_CHAT_COMPLETIONS_URL_FOR_ANTHROPIC_MESSAGES": "True",
+                     "DISABLE_SCHEMA_UPDATE": "True"})
+            servers.append(server)
+            bench.servers["litellm"] = server
+        for server in servers:
+            await wait_ready(server, 180 if server.name == "litellm" else 30)
+
+        print(f"results in {workdir}; load generator: "
+              f"{'wrk' if bench.use_wrk() else 'aiohttp client'}; CPUs {cpus}", flush=True)
+        chosen = [s for s in SCENARIOS if not args.scenarios or s.name in args.scenarios]
+        if args.seq_rounds:
+            print("\nsequential latency", flush=True)
+            for scenario in chosen:
+                await bench.sequential(scenario)
+        print("\nthroughput", flush=True)
+        for scenario in chosen:
+            await bench.throughput(scenario)
+        if args.paced_rate and bench.use_wrk():
+            print(f"\npaced latency ({args.paced_rate:.0f} req/s offered over "
+                  f"{args.connections} connections)", flush=True)
+            for scenario in chosen:
+                if not scenario.stream:
+                    await bench.paced(scenario)
+        if not args.quick and not args.scenarios:
+            await bench.throughput(STREAM100, only=("direct", "llmapi"))
+        if args.open_streams:
+            print("\nmemory", flush=True)
+            await bench.open_streams(args.open_streams)
+        if args.soak:
+            await bench.soak(args.soak)
+        for name, server in bench.servers.items():
+            bench.extra.setdefault("peak_rss_mb", {})[name] = \
+                memory_kb(server.pids, "VmHWM") / 1024
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+    checks = target_checks(bench)
+    print_report(bench, checks)
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform(), "pinning": {
+                        k: sorted(v) if v else None for k, v in cpus.items()}},
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "throughput": [asdict(r) for r in bench.rows],
+        "sequential": [asdict(s) for s in bench.seq],
+        "paced": bench.paced_rows,
+        "extra": bench.extra, "targets": checks, "notes": bench.notes,
+    }
+    out = Path(args.json) if args.json else workdir / "bench.json"
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    print(f"\nJSON: {out}")
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before each run")
+    parser.add_argument("--connections", type=int, default=32, help="open connections")
+    parser.add_argument("--seq-rounds", type=int, default=10, help="interleaved rounds")
+    parser.add_argument("--seq-requests", type=int, default=200,
+                        help="sequential requests per target per round")
+    parser.add_argument("--open-streams", type=int, default=1000,
+                        help="streams held open at once for the memory figure (0: skip)")
+    parser.add_argument("--soak", type=float, default=0.0,
+                        help="seconds of streamed load for the memory soak (0: skip)")
+    parser.add_argument("--compare", choices=("litellm",), default=None,
+                        help="add a competitor's row (installs it under loadtest/results/)")
+    parser.add_argument("--no-accounting-compare", dest="accounting_compare",
+                        action="store_false",
+                        help="skip the gateway with `accounting = false`")
+    parser.add_argument("--scenarios", nargs="*", default=[], metavar="SCENARIO",
+                        help="run only these scenarios (default: all)")
+    parser.add_argument("--profile", nargs="*", default=[], metavar="SCENARIO",
+                        help="record the gateway with py-spy during these scenarios")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the minimal aiohttp relay (floor_relay.py)")
+    parser.add_argument("--paced-rate", type=float, default=1000.0,
+                        help="req/s offered over --connections for the paced latency run "
+                             "(wrk only; 0: skip)")
+    parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp load generator")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run of a few seconds (tiny durations, no memory test)")
+    parser.add_argument("--json", default=None, help="where to write the JSON report")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup, args.seq_rounds, args.seq_requests = 0.3, 0.1, 1, 5
+        args.open_streams, args.soak, args.connections = 0, 0.0, min(args.connections, 4)
+        args.no_wrk = True
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.compare == "litellm" and args.quick:
+        print("--compare litellm needs a full run; drop --quick", file=sys.stderr)
+        return 2
+    asyncio.run(run(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
