@@ -79,6 +79,7 @@ class UsageRecorder:
         self._room = asyncio.Event()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
         self.rows_written = 0
 
     def record(self, rec: UsageRecord) -> None:
@@ -119,7 +120,12 @@ class UsageRecorder:
         return len(self._pending)
 
     async def flush(self) -> int:
-        """Write everything queued so far in one transaction; returns the rows written."""
+        """Write everything queued so far; when it returns, all of it is committed (a flush
+        already running is waited for, then the rest goes in one more transaction)."""
+        async with self._flushing:
+            return await self._flush_now()
+
+    async def _flush_now(self) -> int:
         rows, self._pending = self._pending, []
         keys, self._keys_used = self._keys_used, {}
         quotas = self._limits.take_dirty()
