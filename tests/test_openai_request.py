@@ -746,3 +746,14 @@ def test_validation_is_lenient_on_what_real_clients_send() -> None:
         {"role": "user", "content": [{"type": "brand_new_block", "payload": 1}]},
     ], some_future_field={"x": 1}, thinking={"type": "adaptive"})
     assert validate_anthropic_request(body) is None
+
+
+def test_claude_code_billing_header_never_reaches_the_upstream() -> None:
+    """Its per-session suffix at the start of the prompt would defeat prefix caching."""
+    from gateway.protocol.openai_request import OpenAIOptions, to_openai_request
+
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+            "system": [{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.1.9f"},
+                       {"type": "text", "text": "You are Claude Code."}]}
+    out = to_openai_request(body, "up", OpenAIOptions())
+    assert out["messages"][0] == {"role": "system", "content": "You are Claude Code."}

@@ -255,3 +255,13 @@ async def test_prompt_cache_normalisation_keeps_the_prefix_cacheable(
         assert cached >= 1500  # the ~7 KB system prompt is served from the cache
     else:
         assert cached == 0  # the date near the top breaks the prefix
+
+
+async def test_billing_header_block_is_dropped_for_both_protocols(relay: dict[str, Any]) -> None:
+    await relay["sdk"].messages.create(
+        model="claude-sonnet-4-6", max_tokens=50, messages=[{"role": "user", "content": "hi"}],
+        system=[{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.976;"},
+                {"type": "text", "text": "You are Claude Code."}])
+    sent = (await fake_stats(relay["base"]))["last_request"]["json"]
+    assert "x-anthropic-billing-header" not in str(sent)
+    assert "You are Claude Code." in str(sent)

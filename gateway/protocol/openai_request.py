@@ -48,6 +48,26 @@ _SYSTEM_JOIN = "\n\n"
 _EFFORT_LEVELS = ("low", "medium", "high")
 
 
+BILLING_HEADER = "x-anthropic-billing-header:"
+
+
+def is_client_metadata(text: str) -> bool:
+    """Claude Code's first system block is `x-anthropic-billing-header: cc_version=...`,
+    whose suffix changes per session: metadata for Anthropic, not an instruction, and at
+    the very start of the prompt it would defeat every upstream prefix cache."""
+    return text.startswith(BILLING_HEADER)
+
+
+def without_client_metadata(system: Any) -> Any:
+    """The system prompt minus Claude Code's billing-header block (for pass-through)."""
+    if isinstance(system, list) and any(
+            isinstance(b, dict) and isinstance(b.get("text"), str)
+            and is_client_metadata(b["text"]) for b in system):
+        return [b for b in system if not (isinstance(b, dict) and isinstance(b.get("text"), str)
+                                          and is_client_metadata(b["text"]))]
+    return system
+
+
 def to_openai_request(
     body: dict[str, Any], upstream_model: str, options: OpenAIOptions
 ) -> dict[str, Any]:
@@ -121,7 +141,7 @@ class _Converter:
             for block in system:
                 if isinstance(block, dict):
                     text = block.get("text")
-                    if isinstance(text, str) and text:
+                    if isinstance(text, str) and text and not is_client_metadata(text):
                         self.system_parts.append(text)
 
     def add_message(self, message: dict[str, Any]) -> None:

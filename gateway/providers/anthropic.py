@@ -17,6 +17,7 @@ from gateway.config import ProviderConfig
 from gateway.protocol.anthropic_events import error_event
 from gateway.protocol.anthropic_tap import AnthropicUsageTap
 from gateway.protocol.cache_normalize import normalize_volatile_system
+from gateway.protocol.openai_request import without_client_metadata
 from gateway.protocol.openai_response import anthropic_error_from_openai
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
@@ -137,6 +138,8 @@ class AnthropicProvider:
         if self.config.normalize_prompt_cache:
             body = normalize_volatile_system(body)
         body = {**body, "model": call.upstream_model}
+        if isinstance(body.get("system"), list):
+            body["system"] = without_client_metadata(body["system"])
         if self.config.inject_cache_control:
             body["system"] = with_cache_control(body.get("system"))
         return orjson.dumps(body)
