@@ -66,8 +66,7 @@ class SiteClient:
 
     async def log_in(self, email: str, password: str = PASSWORD) -> None:
         await self.get("/login")
-        status, text, _headers = await self.post("/login", {"email": email,
-                                                           "password": password})
+        status, text, _ = await self.post("/login", {"email": email, "password": password})
         assert status == 303, text
         await self.refresh_csrf()  # signing in starts a new session with a new token
 

