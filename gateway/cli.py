@@ -213,3 +213,6 @@ COMMANDS: dict[tuple[str, str], Callable[..., Awaitable[int]]] = {
 def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The format names no process, thread or process name: skip looking them up for every
+    # record (the access log writes one record per request).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
