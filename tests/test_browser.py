@@ -8,6 +8,7 @@ test-artifacts/screenshots/ (git-ignored) for a person to look at.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -113,6 +114,18 @@ async def screenshot(page: Page, name: str) -> Path:
     return path
 
 
+async def htmx_settled(page: Page) -> None:
+    """htmx wires up swapped-in elements when it settles (20 ms after the swap); a person
+    cannot click that fast, a test can."""
+    busy = "() => !!document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling, " \
+           ".htmx-added')"
+    for _ in range(100):  # page.evaluate, not wait_for_function: our CSP forbids eval
+        if not await page.evaluate(busy):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("htmx never settled")
+
+
 async def log_in(page: Page, email: str, password: str = PASSWORD) -> None:
     await page.goto("/login")
     await page.fill("#email", email)
@@ -142,6 +155,7 @@ async def test_sign_up_create_and_copy_a_key_and_see_the_chart(browser: Browser,
         await page.click("#keys button[type=submit]:has-text('Create key')")
         key_box = page.locator("#new-key-value")
         await expect(key_box).to_be_visible()
+        await htmx_settled(page)
         raw_key = await key_box.input_value()
         assert raw_key.startswith("sk-llmapi-")
         assert page.url.endswith("/dashboard")  # htmx swapped the fragment, no navigation
@@ -166,8 +180,10 @@ async def test_sign_up_create_and_copy_a_key_and_see_the_chart(browser: Browser,
             "aria-label", re.compile(r"Tokens per day over the last 30 days"))
         await page.click("nav[aria-label='Chart range'] >> text=7 days")
         await expect(bars).to_have_count(7)
+        await htmx_settled(page)
         await page.click("nav[aria-label='Chart range'] >> text=30 days")
         await expect(bars).to_have_count(30)
+        await htmx_settled(page)
         await expect(page.locator("#recent-requests")).to_contain_text("claude-sonnet-4-5")
         await screenshot(page, "dashboard-desktop")
 
@@ -188,10 +204,12 @@ async def test_admin_changes_a_users_plan_inline(browser: Browser, site: Gateway
         await page.goto("/admin/users")
         await page.fill("#q", "customer")
         row = page.locator(f"#user-{target}")
-        await expect(page.locator("#users-table")).to_contain_text("1 user")
+        await expect(page.locator("#users-table > p")).to_have_text("1 user")
+        await htmx_settled(page)
         assert "q=customer" in page.url  # the filter is in the URL (hx-push-url)
         await row.locator("select").select_option("team")
         await expect(page.locator(f"#user-{target}")).to_contain_text("Saved")
+        await htmx_settled(page)
         sub = await site.state.db.fetch_one("subscription_by_user", {"user_id": target})
         assert sub["plan"] == "team"
         await page.locator(f"#user-{target} button:has-text('Suspend')").click()
