@@ -410,7 +410,9 @@ def run_wrk(target: Target, connections: int, seconds: float, workdir: Path,
     body_path.write_bytes(target.body)
     headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in target.headers.items())
     script = workdir / "post.lua"
-    delay = (f"function delay() return {connections / rate * 1000:.3f} end" if rate else "")
+    # uniform jitter around the mean gap, or the connections fire in lockstep bursts
+    delay = (f"function delay() return math.random() * {2 * connections / rate * 1000:.3f} end"
+             if rate else "")
     script.write_text(WRK_SCRIPT.format(body=body_path, headers=headers, delay=delay))
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
             "--timeout", "10s", "-s", str(script), target.url]
