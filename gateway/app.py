@@ -22,6 +22,7 @@ from gateway.keycache import KeyCache
 from gateway.limits import Limits
 from gateway.metrics import Gauge
 from gateway.middleware import errors_middleware
+from gateway.payments import Payments
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Call, Provider
@@ -49,6 +50,7 @@ def build_app(config: Config) -> web.Application:
     app.router.add_get("/health", handle_health)
     app.router.add_get("/metrics", handle_metrics)
     app.router.add_get("/remote-ws", handle_remote_ws)
+    app.on_shutdown.append(close_websockets)
     setup_site(app, config)  # pages, /api/auth|dashboard|admin, sessions, CSRF, static files
     return app
 
@@ -100,12 +102,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     state.providers = {p.name: make_provider(p) for p in config.providers}
     state.remote = RemoteHub(db, state.keys, config.remote, config.public_url,
                              viewer_user=signed_in_user_id(db))
+    state.payments = payments = await Payments.open(config, db, limits, state.keys)
     register_gauges(state)
     app[STATE] = state
     recorder.start()
     tasks = [asyncio.create_task(state.keys.run_refresher(), name="key-cache-refresher"),
              asyncio.create_task(keepalive_pings(state), name="keepalive-pings")]
     tasks.append(asyncio.create_task(state.remote.run_sweeper(), name="remote-sweeper"))
+    tasks.append(asyncio.create_task(payments.run(), name="payment-reconciler"))
     if routing.health_interval > 0 and state.health.providers:
         tasks.append(asyncio.create_task(state.health.run(), name="health-checker"))
     try:
@@ -117,6 +121,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await recorder.stop()  # drains the queue: a clean shutdown loses no usage row
         for provider in state.providers.values():
             await provider.close()
+        await payments.close()
         await db.close()
 
 
@@ -207,6 +212,14 @@ def health_snapshot(state: GatewayState) -> dict[str, Any]:
 async def handle_health(request: web.Request) -> web.Response:
     snapshot = health_snapshot(request.app[STATE])
     return web.json_response(snapshot, status=200 if snapshot["status"] == "ok" else 503)
+
+
+async def close_websockets(app: web.Application) -> None:
+    """On shutdown, before in-flight requests are awaited: WebSockets never end by
+    themselves, so close them (bridges reconnect to the next process)."""
+    hub = app[STATE].remote if STATE in app else None
+    if hub is not None:
+        await hub.close_all()
 
 
 async def handle_remote_ws(request: web.Request) -> web.StreamResponse:
