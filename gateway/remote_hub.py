@@ -16,7 +16,8 @@ connections sending faster than `messages_per_second`, are closed. Heartbeats cl
 connections; every connection's end is recorded with its reason.
 
 The hub keeps its rooms in this process. With several gateway instances a bridge and its
-viewer may land on different ones; DESIGN.md describes the Redis fan-out that solves it.
+viewer may land on different ones; docs/scale-out.md describes the Redis fan-out that
+solves it.
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ class RemoteHub:
         self.viewer_user = viewer_user
         self.rooms: dict[str, Room] = {}
         self._closed_because: dict[web.WebSocketResponse, str] = {}  # closed by the hub
+
+    def bridge_connected(self, session_id: str) -> bool:
+        """Whether a bridge is connected to this session right now (for the pages)."""
+        room = self.rooms.get(session_id)
+        return room is not None and room.bridge is not None and not room.bridge.closed
 
     # ---- connection -------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from web import admin, api, auth, dashboard, pages
+from web import admin, api, auth, dashboard, pages, remote
 
 
 def add_routes(app: web.Application) -> None:
@@ -39,6 +39,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/settings/password", dashboard.change_password)
     r.add_post("/settings/delete", dashboard.delete_account)
     r.add_get("/orders", dashboard.orders_page, name="orders")
+    r.add_get("/remote", remote.sessions_page, name="remote")
+    r.add_get("/remote/{session_id}", remote.terminal_page)
+    r.add_post("/remote/{session_id}/end", remote.end_session)
     # admins
     r.add_get("/admin", admin.overview_page, name="admin")
     r.add_get("/admin/fragments/{name}", admin.overview_fragment)
@@ -64,6 +67,9 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/api/dashboard/keys", api.dash_create_key)
     r.add_delete("/api/dashboard/keys/{key_id}", api.dash_revoke_key)
     r.add_get("/api/dashboard/orders", api.dash_orders)
+    r.add_get("/api/remote/sessions", remote.api_sessions)
+    r.add_get("/api/remote/sessions/{session_id}", remote.api_session)
+    r.add_post("/api/remote/sessions/{session_id}/end", remote.api_end_session)
     r.add_get("/api/admin/stats", api.admin_stats)
     r.add_get("/api/admin/users", api.admin_users)
     r.add_patch("/api/admin/users/{user_id}", api.admin_update_user)
