@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     fake = sub.add_parser("fake-upstream", help="run the scripted fake provider (tests, demos)")
     fake_upstream.add_arguments(fake)
+
+    from gateway import fake_alipay
+
+    alipay = sub.add_parser("fake-alipay",
+                            help="run the fake Alipay gateway (payment tests and demos)")
+    fake_alipay.add_arguments(alipay)
     return parser
 
 
@@ -99,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gateway import fake_upstream
 
         return fake_upstream.run(args)
+    if command == "fake-alipay":
+        from gateway import fake_alipay
+
+        return fake_alipay.run(args)
     try:
         config = load_config(getattr(args, "config", None))
     except ConfigError as exc:

@@ -155,6 +155,30 @@ class RemoteConfig:
     messages_per_second: float = 200.0    # per connection, with bursts of twice that
 
 
+ALIPAY_GATEWAY = "https://openapi.alipay.com/gateway.do"
+ALIPAY_SANDBOX_GATEWAY = "https://openapi-sandbox.dl.alipaydev.com/gateway.do"
+NOTIFY_PATH = "/api/payment/notify"
+
+
+@dataclass(frozen=True, slots=True)
+class AlipayConfig:
+    """Alipay face-to-face (QR) payment; off while `app_id` is empty."""
+
+    app_id: str = ""
+    private_key_path: Path | None = None        # the app's RSA private key (signs requests)
+    alipay_public_key_path: Path | None = None  # Alipay's public key (verifies answers)
+    gateway_url: str = ALIPAY_GATEWAY
+    notify_url: str = ""                        # "" = <public_url>/api/payment/notify
+    order_timeout: float = 900.0                # seconds an unpaid order stays open
+    reconcile_after: float = 60.0               # ask Alipay about orders pending this long
+    reconcile_interval: float = 30.0            # seconds between reconciliation rounds
+    timeout: float = 15.0                       # one HTTP call to Alipay
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.app_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     """A smart-routing target: this provider, this upstream model."""
@@ -191,6 +215,7 @@ class Config:
     mail: MailConfig = field(default_factory=MailConfig)
     google: GoogleConfig = field(default_factory=GoogleConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
+    alipay: AlipayConfig = field(default_factory=AlipayConfig)
     source: str = "<defaults>"
     base_dir: Path = field(default_factory=Path.cwd)
 
@@ -208,6 +233,11 @@ class Config:
     @property
     def public_url(self) -> str:
         return self.server.public_url or f"http://{self.server.host}:{self.server.port}"
+
+    @property
+    def alipay_notify_url(self) -> str:
+        """Where Alipay posts payment notifications (`[alipay] notify_url` or derived)."""
+        return self.alipay.notify_url or self.public_url + NOTIFY_PATH
 
 
 DEMO_PROVIDER = ProviderConfig(
@@ -478,6 +508,47 @@ def _remote(r: _Reader) -> RemoteConfig:
     return remote
 
 
+def _alipay(r: _Reader, base_dir: Path) -> AlipayConfig:
+    from gateway.alipay_sign import AlipayKeyError, load_private_key, load_public_key
+
+    d = AlipayConfig()
+    app_id = r.get("app_id", str, "").strip()
+    paths: dict[str, Path | None] = {}
+    for name, loader in (("private_key_path", load_private_key),
+                         ("alipay_public_key_path", load_public_key)):
+        value = r.get(name, str, "")
+        if not value:
+            if app_id:
+                raise r.error(name, "must name a key file when app_id is set")
+            paths[name] = None
+            continue
+        path = Path(value) if Path(value).is_absolute() else base_dir / value
+        try:
+            loader(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise r.error(name, f"cannot be read: {exc.strerror}") from None
+        except (AlipayKeyError, UnicodeDecodeError) as exc:
+            raise r.error(name, f"{path} is not a usable key: {exc}") from None
+        paths[name] = path
+    alipay = AlipayConfig(
+        app_id=app_id,
+        private_key_path=paths["private_key_path"],
+        alipay_public_key_path=paths["alipay_public_key_path"],
+        gateway_url=r.get("gateway_url", str, d.gateway_url),
+        notify_url=r.get("notify_url", str, d.notify_url).strip(),
+        order_timeout=r.positive("order_timeout", float, d.order_timeout),
+        reconcile_after=r.non_negative("reconcile_after", float, d.reconcile_after),
+        reconcile_interval=r.positive("reconcile_interval", float, d.reconcile_interval),
+        timeout=r.positive("timeout", float, d.timeout),
+    )
+    for name in ("gateway_url", "notify_url"):
+        value = getattr(alipay, name)
+        if value and not value.startswith(("http://", "https://")):
+            raise r.error(name, "must be an http:// or https:// URL")
+    r.finish()
+    return alipay
+
+
 def _routing(r: _Reader, providers: dict[str, ProviderConfig]) -> RoutingConfig:
     d = RoutingConfig()
     routing = RoutingConfig(
@@ -536,6 +607,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     final_providers = tuple(providers) or (DEMO_PROVIDER,)
     routing = _routing(root.sub("routing"), {p.name: p for p in final_providers})
     remote = _remote(root.sub("remote"))
+    alipay = _alipay(root.sub("alipay"), base_dir or Path.cwd())
     root.finish()
     return Config(
         server=server,
@@ -547,6 +619,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
         mail=mail,
         google=google,
         remote=remote,
+        alipay=alipay,
         source=source,
         base_dir=base_dir or Path.cwd(),
     )

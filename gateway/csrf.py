@@ -3,7 +3,7 @@
 The token lives in the encrypted session cookie. A POST/PUT/PATCH/DELETE must echo it in
 the `csrf_token` form field or the `X-CSRF-Token` header (the base template makes htmx send
 the header on every request via `hx-headers` on <body>). Callbacks that other servers post
-to (Alipay's notify URL under /api/payment/, Google's form_post sign-in) cannot know a
+to (Alipay's notify URL /api/payment/notify, Google's form_post sign-in) cannot know a
 token; they verify themselves by signature and are listed with `exempt_from_csrf`.
 """
 
@@ -21,7 +21,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 CSRF_EXEMPT = web.AppKey("csrf_exempt_prefixes", list[str])
-DEFAULT_EXEMPT = ["/api/payment/"]
+DEFAULT_EXEMPT = ["/api/payment/notify"]
 
 
 class CsrfError(Exception):

@@ -115,6 +115,15 @@ class Limits:
         if quota is not None and not quota.dirty:
             del self._users[user_id]
 
+    def start_period(self, user_id: int, period_start: float, period_end: float) -> None:
+        """A payment began a new period: fresh counters at once (`forget` would skip a
+        user with unflushed counters, whose next flush would then write the old period)."""
+        quota = self._users.get(user_id)
+        if quota is not None:
+            quota.period_start, quota.period_end = period_start, period_end
+            quota.tokens_used = quota.requests_used = 0
+            quota.dirty = True  # the next flush writes the new period over any older one
+
     async def admit(self, key: KeyInfo, input_estimate: int) -> dict[str, str]:
         """Count the request if every limit allows it; returns the rate-limit headers.
 

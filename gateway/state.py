@@ -12,6 +12,7 @@ from gateway.health import HealthChecker
 from gateway.keycache import KeyCache
 from gateway.limits import Limits
 from gateway.metrics import Metrics
+from gateway.payments import Payments
 from gateway.providers.base import Provider
 from gateway.remote_hub import RemoteHub
 from gateway.storage import Database
@@ -32,6 +33,7 @@ class GatewayState:
     # open client streams -> monotonic time of their last write (keep-alive pings, gauge)
     streams: dict[web.StreamResponse, float] = field(default_factory=dict)
     remote: RemoteHub | None = None
+    payments: Payments | None = None
     started_at: float = 0.0
 
 

@@ -21,7 +21,8 @@ VALUES (:user_id, :plan, :period_start, :period_end, :now, :now);
 SELECT * FROM subscriptions WHERE user_id = :user_id;
 
 -- name: subscription_set_plan
-UPDATE subscriptions SET plan = :plan, updated_at = :now WHERE user_id = :user_id;
+-- A change by hand (operator, admin) has no end date; only bought plans expire.
+UPDATE subscriptions SET plan = :plan, paid_until = NULL, updated_at = :now WHERE user_id = :user_id;
 
 -- name: subscription_save
 -- Written by the usage recorder: the in-memory counters are the single writer's truth.

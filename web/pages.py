@@ -9,10 +9,11 @@ from aiohttp import web
 from gateway import catalog
 from gateway.app import health_snapshot
 from gateway.state import CONFIG, STATE
+from web.guards import current_user
 from web.responses import db_of, public_url, render, site_of
 
 PUBLIC_PAGES = ("/", "/pricing", "/docs", "/blog", "/login", "/register")
-PRIVATE_PREFIXES = ("/dashboard", "/settings", "/orders", "/admin", "/remote", "/api/")
+PRIVATE_PREFIXES = ("/dashboard", "/settings", "/orders", "/billing", "/admin", "/remote", "/api/")
 
 
 async def home(request: web.Request) -> web.Response:
@@ -22,8 +23,11 @@ async def home(request: web.Request) -> web.Response:
 
 
 async def pricing(request: web.Request) -> web.Response:
-    return await render(request, "pages/pricing.html",
-                        {"plans": await catalog.plans(db_of(request))})
+    payments = request.app[STATE].payments
+    return await render(request, "pages/pricing.html", {
+        "plans": await catalog.plans(db_of(request)),
+        "payments_enabled": payments is not None and payments.enabled,
+    }, forms=await current_user(request) is not None)
 
 
 async def docs(request: web.Request) -> web.Response:
