@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from web import admin, api, auth, dashboard, pages, remote
+from web import admin, api, auth, dashboard, pages, payment, remote
 
 
 def add_routes(app: web.Application) -> None:
