@@ -487,3 +487,35 @@ def test_amounts_are_two_decimal_yuan_from_the_plan_price() -> None:
     for bad in ("9.999", "-1", "1e3", " 9", "9.", ".5", "", "NaN", "Infinity", "٩", "9\n"):
         assert parse_amount(bad) is None, bad
     assert parse_amount("9") == parse_amount("9.00") == parse_amount("9.0")
+
+
+async def test_billing_and_checkout_pages_pass_the_html_validator(shop: Shop,
+                                                                  tmp_path: Path) -> None:
+    from tests.test_site_pages import validate, wrap
+
+    client, _ = await buyer(shop, "valid@example.com")
+    pages: dict[str, str] = {}
+    try:
+        pages["/billing"] = (await client.get("/billing"))[1]
+        pages["/pricing"] = (await client.get("/pricing"))[1]
+        no = await buy(client, "pro")
+        pages["/billing/orders (pending)"] = (await client.get(f"/billing/orders/{no}"))[1]
+        hx = {"HX-Request": "true"}
+        pages["status (pending)"] = wrap((await client.get(
+            f"/billing/orders/{no}/status", headers=hx))[1])
+        await shop.pay(no)
+        pages["/billing/orders (paid)"] = (await client.get(f"/billing/orders/{no}"))[1]
+        pages["status (paid)"] = wrap((await client.get(
+            f"/billing/orders/{no}/status", headers=hx))[1])
+        pages["/orders"] = (await client.get("/orders"))[1]
+        pages["/billing (error)"] = (await client.post("/billing/checkout",
+                                                       {"plan": "free"}))[1]
+    finally:
+        await client.close()
+    names = {}
+    for i, (name, html) in enumerate(pages.items()):
+        (tmp_path / f"page{i:02d}.html").write_text(html, encoding="utf-8")
+        names[f"page{i:02d}.html"] = name
+    problems = validate(sorted(str(p) for p in tmp_path.glob("page*.html")))
+    assert not problems, "\n".join(f"{names.get(uri.rsplit('/', 1)[-1], uri)}: {message}"
+                                   for uri, message in problems)

@@ -29,7 +29,7 @@ def payments_of(request: web.Request) -> Payments:
 def qr_svg(text: str, title: str) -> Markup:
     """The QR code as inline SVG, drawn here (no image service sees the payment link)."""
     qr = segno.make(text, error="m")
-    svg = qr.svg_inline(scale=5, border=2, title=title, svgclass="qr", dark="#111",
+    svg = qr.svg_inline(scale=5, border=4, title=title, svgclass="qr", dark="#111",
                         light="#fff")
     return Markup(svg)  # segno escapes the title; the rest is numbers and path data
 
