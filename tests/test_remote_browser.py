@@ -192,6 +192,7 @@ async def test_viewer_reconnects_when_its_socket_drops_and_stops_when_the_sessio
         await expect(status).to_have_attribute("data-state", "ended")
         await expect(status).to_contain_text("ended by the user")
         await expect(page.locator("#term-line-text")).to_be_disabled()
+        await screenshot(page, "remote-terminal-ended-desktop")
         await asyncio.sleep(1.5)  # longer than the first reconnect delays
         assert session.id not in site.state.remote.rooms  # nobody came back
         assert await asyncio.wait_for(bridge.wait(), 10) == 0
