@@ -19,8 +19,8 @@ Endpoints
 - ``POST /_fake/pay?out_trade_no=N&mode=M`` pays (or pretends to) and notifies:
   ``ok`` pay and notify; ``duplicate`` pay and notify twice; ``lost`` pay, no notification
   (reconciliation must find it); ``late`` pay a trade that was already closed, and notify;
-  ``scan`` only scan (WAIT_BUYER_PAY); ``tampered`` a notification whose signature does
-  not match its content; ``wrong_amount`` a correctly signed one with another amount;
+  ``scan`` only scan (WAIT_BUYER_PAY); ``tampered`` a notification with the right amount
+  whose signature does not match its content; ``wrong_amount`` a correctly signed one with another amount;
   ``wrong_app_id`` a correctly signed one for another app. The last three leave the trade
   unpaid. Answers ``{"trade": ..., "notify": [{"status": 200, "body": "success"}, ...]}``.
 - ``GET /_fake/trades`` (all trades and the calls seen), ``GET /_fake/scan/N`` (an HTML
@@ -298,7 +298,8 @@ class FakeAlipay:
             shadow = copy.copy(trade)
             self.pay(shadow)  # the paid fields a forged notice would carry; trade stays
             if mode == "tampered":
-                params = {**self.notification(shadow), "total_amount": "0.01"}
+                # the right amount and status, but not what Alipay signed
+                params = {**self.notification(shadow), "buyer_id": "2088000000000001"}
             elif mode == "wrong_amount":
                 amount = parse_amount(trade.total_amount) or 0
                 params = self.notification(shadow, total_amount=f"{amount + 1:.2f}")
