@@ -20,9 +20,10 @@ Endpoints
   ``ok`` pay and notify; ``duplicate`` pay and notify twice; ``lost`` pay, no notification
   (reconciliation must find it); ``late`` pay a trade that was already closed, and notify;
   ``scan`` only scan (WAIT_BUYER_PAY); ``tampered`` a notification with the right amount
-  whose signature does not match its content; ``wrong_amount`` a correctly signed one with another amount;
-  ``wrong_app_id`` a correctly signed one for another app. The last three leave the trade
-  unpaid. Answers ``{"trade": ..., "notify": [{"status": 200, "body": "success"}, ...]}``.
+  whose signature does not match its content; ``wrong_amount`` a correctly signed one with
+  another amount; ``wrong_app_id`` a correctly signed one for another app. The last three
+  leave the trade unpaid. Answers
+  ``{"trade": ..., "notify": [{"status": 200, "body": "success"}, ...]}``.
 - ``GET /_fake/trades`` (all trades and the calls seen), ``GET /_fake/scan/N`` (an HTML
   page with pay buttons: what the QR code of a fake trade points at).
 """

@@ -38,14 +38,6 @@ SELECT * FROM orders WHERE status = 'pending' AND created_at <= :before
 ORDER BY created_at, id
 LIMIT :limit;
 
--- name: orders_recent
--- The admin's list of the latest orders of every user.
-SELECT o.out_trade_no, o.plan, o.amount, o.status, o.trade_no, o.created_at, o.paid_at,
-       o.closed_at, u.email
-FROM orders o JOIN users u ON u.id = o.user_id
-ORDER BY o.created_at DESC, o.id DESC
-LIMIT :limit;
-
 -- name: subscription_start_paid_period
 -- A bought plan starts now: a new period with fresh counters, paid until its end.
 UPDATE subscriptions
