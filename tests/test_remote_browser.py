@@ -151,13 +151,12 @@ async def test_phone_page_types_into_a_real_shell_and_shows_its_output(
         await stop(bridge)
 
 
-async def test_viewer_reconnects_when_its_socket_drops_and_stops_when_the_session_ends(
+async def test_page_opened_before_the_bridge_waits_reconnects_and_stops_when_ended(
         browser: Browser, site: Gateway) -> None:
     key, session = await user_with_session(site, "desk@example.com")
-    bridge = await start_bridge(site, session.id, key)
     context, page, watch = await new_context(browser, site, DESKTOP)
+    bridge = None
     try:
-        await wait_bridge(site, session.id, bridge)
         await page.goto("/login")
         await page.fill("#email", "desk@example.com")
         await page.fill("#password", PASSWORD)
@@ -166,7 +165,20 @@ async def test_viewer_reconnects_when_its_socket_drops_and_stops_when_the_sessio
         await page.click("nav.nav >> text=Remote")
         await page.click(f"#session-{session.id} >> text=Open terminal")
         status = page.locator("#remote-status")
+        await expect(status).to_have_attribute("data-state", "waiting")
+        await expect(status).to_contain_text("Waiting for the bridge")
+
+        # the bridge starts after the page: it still gets the page's terminal size
+        bridge = await start_bridge(site, session.id, key)
+        await wait_bridge(site, session.id, bridge)
         await expect(status).to_have_attribute("data-state", "connected")
+        cols, rows = await page.evaluate(
+            "[window.llmapiRemote.terminal.cols, window.llmapiRemote.terminal.rows]")
+        assert cols > 100, cols  # wider than the bridge's 100-column default
+        await page.fill("#term-line-text", "stty size")
+        await page.press("#term-line-text", "Enter")
+        await wait_for_text(page, rf"(?m)^{rows} {cols}$")
+
         await page.fill("#term-line-text", "echo before-the-drop")
         await page.press("#term-line-text", "Enter")
         await wait_for_text(page, r"(?m)^before-the-drop$")
@@ -199,7 +211,8 @@ async def test_viewer_reconnects_when_its_socket_drops_and_stops_when_the_sessio
         watch.check()
     finally:
         await context.close()
-        await stop(bridge)
+        if bridge is not None:
+            await stop(bridge)
 
 
 @pytest.mark.parametrize(("width_name", "viewport"), [("desktop", DESKTOP), ("phone", PHONE)])

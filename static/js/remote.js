@@ -59,6 +59,7 @@
   // frame. After a reconnect that replay repaints what the screen already shows, so the
   // screen is cleared first instead of showing it twice.
   let awaitingReplay = false;
+  let bridgeUp = false;
 
   function setStatus(state, detail) {
     statusEl.dataset.state = state;
@@ -93,9 +94,9 @@
     send({ type: "input", data: toBase64(encoder.encode(text)) });
   }
 
-  function sendSize(force) {
+  function sendSize() {
     const size = term.cols + "x" + term.rows;
-    if ((force || size !== sentSize) && send({ type: "resize", cols: term.cols, rows: term.rows })) {
+    if (size !== sentSize && send({ type: "resize", cols: term.cols, rows: term.rows })) {
       sentSize = size;
     }
   }
@@ -106,7 +107,7 @@
     } catch (err) {
       return;  // hidden or zero-sized: the next resize event fits again
     }
-    sendSize(false);
+    sendSize();
   }
 
   function showEnded(reason) {
@@ -159,11 +160,12 @@
 
     ws.onopen = function () {
       awaitingReplay = true;
+      bridgeUp = false;
       backoff = BACKOFF_START;
       lastFrameAt = Date.now();
-      sentSize = "";
+      sentSize = "";  // a new connection (maybe a new bridge): tell it the size again
       refit();
-      sendSize(true);
+      sendSize();
     };
     ws.onmessage = function (event) {
       lastFrameAt = Date.now();
@@ -183,6 +185,11 @@
         if (message.ended) {
           showEnded(message.reason);
         } else {
+          if (message.bridge && !bridgeUp) {
+            sentSize = "";  // a bridge (re)joined: the hub dropped resizes sent without one
+            sendSize();
+          }
+          bridgeUp = message.bridge;
           setStatus(message.bridge ? "connected" : "waiting",
                     message.viewers > 1 ? message.viewers + " viewers" : "");
         }
