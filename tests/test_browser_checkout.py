@@ -81,6 +81,7 @@ async def test_checkout_without_javascript_uses_the_status_link(chromium: Browse
         await expect(page.locator("#order-status")).to_contain_text("Paid")
         await page.goto("/billing")
         await expect(page.locator("#current-plan")).to_have_text("Plan: Starter")
+        await screenshot(page, "billing")
         watch.check()
     finally:
         await context.close()
