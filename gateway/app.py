@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.access_log import AccessLog
 from gateway.breaker import STATE_VALUE, Breaker
 from gateway.config import Config, PlanConfig, ProviderConfig
 from gateway.health import HealthChecker, cancel
@@ -103,12 +104,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     state.remote = RemoteHub(db, state.keys, config.remote, config.public_url,
                              viewer_user=signed_in_user_id(db))
     state.payments = payments = await Payments.open(config, db, limits, state.keys)
+    if config.server.access_log:
+        state.access_log = AccessLog()
     register_gauges(state)
     app[STATE] = state
     recorder.start()
     tasks = [asyncio.create_task(state.keys.run_refresher(), name="key-cache-refresher"),
              asyncio.create_task(keepalive_pings(state), name="keepalive-pings")]
     tasks.append(asyncio.create_task(state.remote.run_sweeper(), name="remote-sweeper"))
+    if state.access_log is not None:
+        tasks.append(asyncio.create_task(state.access_log.run(), name="access-log"))
     tasks.append(asyncio.create_task(payments.run(), name="payment-reconciler"))
     if routing.health_interval > 0 and state.health.providers:
         tasks.append(asyncio.create_task(state.health.run(), name="health-checker"))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import html
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway.errors import ApiError, error_body
+from gateway.ids import new_id
 from gateway.state import REQUEST_ID
 
 log = logging.getLogger("llmapi.http")
@@ -63,7 +63,7 @@ async def _error(request: web.Request, status: int, error_type: str, message: st
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = "req_" + secrets.token_hex(12)
+    request_id = new_id("req")
     request[REQUEST_ID] = request_id
     try:
         response = await handler(request)

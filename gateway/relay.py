@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from typing import Any
 
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from gateway.errors import ApiError, invalid_request
 from gateway.failover import send_with_failover
+from gateway.ids import new_id
 from gateway.keycache import KeyInfo
 from gateway.protocol.openai_request import validate_anthropic_request
 from gateway.protocol.token_estimate import estimate_input_tokens
@@ -33,7 +33,6 @@ from gateway.state import REQUEST_ID, STATE, GatewayState
 from gateway.usage import UsageRecord
 
 log = logging.getLogger("llmapi.relay")
-access_log = logging.getLogger("llmapi.access")
 
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
                "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -60,7 +59,7 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     call = Call(
         body=body, client_model=body["model"], upstream_model="",
         stream=body.get("stream") is True, request_id=request[REQUEST_ID],
-        message_id="msg_" + secrets.token_hex(12),
+        message_id=new_id("msg"),
         headers={h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers},
         input_estimate=estimate,
     )
@@ -129,7 +128,7 @@ async def answer_remote_control(state: GatewayState, key: KeyInfo, call: Call,
     that starts the bridge (gateway/remote_trigger.py)."""
     session = await create_session(state.db, key.user_id, state.config.remote.session_hours)
     content = reply_content(call.body, session, state.config.public_url,
-                            "toolu_" + secrets.token_hex(12))
+                            new_id("toolu"))
     if call.stream:
         return web.Response(body=message_sse(call.client_model, call.message_id, content),
                             headers={**SSE_HEADERS, **rate_headers})
@@ -181,9 +180,10 @@ class Trip:
                 upstream_model=call.upstream_model, usage=usage, stream=call.stream,
                 status=status, error_type=error_type, duration_ms=duration_ms,
                 ttft_ms=ttft_ms, created_at=time.time()))
-        if state.config.server.access_log:
-            access_log.info(orjson.dumps({
-                "request_id": call.request_id, "user_id": key.user_id, "key": key.prefix,
+        if state.access_log is not None:
+            state.access_log.write({
+                "ts": round(time.time(), 3), "request_id": call.request_id,
+                "user_id": key.user_id, "key": key.prefix,
                 "model": call.client_model, "provider": self.provider or None,
                 "upstream_model": call.upstream_model or None, "status": status,
                 "http_status": http_status, "error_type": error_type, "stream": call.stream,
@@ -191,7 +191,7 @@ class Trip:
                 "cache_read_tokens": usage.cache_read_input_tokens,
                 "ttft_ms": round(ttft_ms, 2) if ttft_ms is not None else None,
                 "duration_ms": round(duration_ms, 2),
-            }).decode())
+            })
 
 
 def parse_request(raw: bytes, count_only: bool = False) -> dict[str, Any]:

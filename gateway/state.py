@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from gateway.access_log import AccessLog
 from gateway.breaker import Breaker
 from gateway.config import Config
 from gateway.health import HealthChecker
@@ -33,6 +34,7 @@ class GatewayState:
     # open client streams -> monotonic time of their last write (keep-alive pings, gauge)
     streams: dict[web.StreamResponse, float] = field(default_factory=dict)
     remote: RemoteHub | None = None
+    access_log: AccessLog | None = None  # None when `[server] access_log = false`
     payments: Payments | None = None
     started_at: float = 0.0
 

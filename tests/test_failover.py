@@ -280,3 +280,31 @@ def test_sigterm_during_stream_lets_it_finish_and_exits_0(tmp_path: Path, spawn:
     assert gateway.wait(20) == 0
     with sqlite3.connect(tmp_path / "db.sqlite") as conn:  # usage flushed on the way out
         assert conn.execute("SELECT status FROM usage_logs").fetchall() == [("success",)]
+
+
+async def test_access_log_is_one_json_line_without_prompt_or_key(
+        gateway_factory: Any, fake_factory: Any) -> None:
+    import io
+
+    import orjson
+
+    from gateway.access_log import AccessLog
+
+    base, _ = await fake_factory()
+    gw = await gateway_factory({"providers": [provider_table("a", "openai", base)]})
+    sink = io.BytesIO()
+    gw.state.access_log = AccessLog(stream=sink)
+    key = await gw.new_key(plan="team")
+    secret_prompt = "my-private-prompt-text " + '[[fake:{"chunks":3}]]'
+    body = {**BODY, "stream": True, "messages": [{"role": "user", "content": secret_prompt}]}
+    assert (await post(gw, key, body))[0] == 200
+    gw.state.access_log.flush()
+    lines = sink.getvalue().splitlines()
+    assert len(lines) == 1
+    record = orjson.loads(lines[0])
+    assert record["request_id"].startswith("req_") and record["user_id"] == 1
+    assert record["key"] == key[:18] and record["model"] == "claude-sonnet-4-6"
+    assert (record["provider"], record["upstream_model"]) == ("a", "fake-model")
+    assert record["status"] == "success" and record["output_tokens"] == 3
+    assert record["ttft_ms"] > 0 and record["duration_ms"] >= record["ttft_ms"]
+    assert b"my-private-prompt-text" not in sink.getvalue() and key.encode() not in lines[0]
