@@ -7,13 +7,13 @@ they arrive; `AnthropicUsageTap` watches them for usage without re-serializing a
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
 
 from gateway.config import ProviderConfig
+from gateway.errors import STATUS_OF
 from gateway.protocol.anthropic_events import error_event
 from gateway.protocol.anthropic_tap import AnthropicUsageTap
 from gateway.protocol.cache_normalize import normalize_volatile_system
@@ -23,8 +23,8 @@ from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
 from gateway.providers.http import (
     BufferedReply,
+    UpstreamStream,
     client_session,
-    first_output,
     open_upstream,
     read_body,
     status_error,
@@ -34,68 +34,48 @@ from gateway.providers.http import (
 TRUNCATED = "the upstream stream ended before message_stop"
 
 
-class PassThroughReply:
+class PassThroughReply(UpstreamStream):
     """Forwards complete SSE events as they arrive, tapping usage on the way."""
 
-    stream = True
-    body = b""
-
     def __init__(self, response: aiohttp.ClientResponse, provider: str) -> None:
-        self._response = response
-        self._provider = provider
         self._tap = AnthropicUsageTap()
         self._ended = False
         self._deltas = 0  # content_block_delta events seen, for usage of a cut-off stream
-        self._reads = self._forwarded()
-        self._first = b""
+        self._tail = b""
+        super().__init__(response, provider)
 
-    async def _forwarded(self) -> AsyncGenerator[bytes, None]:
+    def _on_data(self, data: bytes) -> bytes:
         # Forward only up to the last complete event, so a stream that breaks mid-event can
         # still be ended with a clean `error` event instead of a half-written one.
-        tail = b""
+        self._tap.feed(data)
+        self._deltas += data.count(b'"content_block_delta"')
+        data = self._tail + data if self._tail else data
+        cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
+        if cut <= 3:
+            self._tail = data
+            return b""
+        self._tail = data[cut:]
+        return data[:cut]
+
+    def _on_eof(self) -> bytes:
         tap = self._tap
-        try:
-            async for data in self._response.content.iter_any():
-                tap.feed(data)
-                self._deltas += data.count(b'"content_block_delta"')
-                data = tail + data if tail else data
-                cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
-                if cut > 3:
-                    tail = data[cut:]
-                    yield data[:cut]
-                else:
-                    tail = data
-        except TimeoutError:
-            yield self.abort("api_error", f"upstream provider {self._provider} stalled "
-                                          "mid-answer")
-            return
-        except aiohttp.ClientError as exc:
-            yield self.abort("api_error", f"upstream provider {self._provider} broke off "
-                                          f"mid-answer ({type(exc).__name__})")
-            return
         tap.close()
-        if tail.strip():
-            yield tail + b"\n\n"
+        out = self._tail + b"\n\n" if self._tail.strip() else b""
         if not (tap.saw_message_stop or tap.error):
-            yield self.abort("api_error", TRUNCATED)
+            out += self.abort("api_error", TRUNCATED)
         self._ended = True
+        return out
 
-    async def start(self, config: ProviderConfig) -> None:
-        self._first = await first_output(self._reads, config)
-        if self._tap.error is not None and not self._tap.saw_message_start:
-            error_type, message = self._tap.error
-            await self.close()
-            retryable = error_type in ("overloaded_error", "api_error", "rate_limit_error")
-            raise UpstreamError(self._provider, "stream_error", message, client_status=529,
-                                error_type="overloaded_error" if retryable else error_type,
-                                retryable=retryable)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        if self._first:
-            yield self._first
-        async for out in self._reads:
-            if out:
-                yield out
+    def _early_failure(self) -> UpstreamError | None:
+        if self._tap.error is None or self._tap.saw_message_start:
+            return None
+        error_type, message = self._tap.error
+        if error_type in ("overloaded_error", "api_error", "rate_limit_error"):
+            return UpstreamError(self._provider, "stream_error", message, client_status=529,
+                                 error_type="overloaded_error", retryable=True)
+        return UpstreamError(self._provider, "stream_error", message,
+                             client_status=STATUS_OF.get(error_type, 502),
+                             error_type=error_type, retryable=False)
 
     @property
     def usage(self) -> Usage:
@@ -117,11 +97,6 @@ class PassThroughReply:
         self._ended = True
         self._tap.error = (error_type, message)
         return error_event(error_type, message)
-
-    async def close(self) -> None:
-        await self._reads.aclose()
-        self._response.close()
-
 
 class AnthropicProvider:
     """Relays Messages requests to an Anthropic-compatible upstream."""

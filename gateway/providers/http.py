@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
 
@@ -80,6 +79,80 @@ async def first_output(stream: AsyncIterator[bytes], config: ProviderConfig) -> 
     return b""
 
 
+class UpstreamStream:
+    """What both streaming replies share: read ahead to the first output while failover is
+    still possible, then hand out the rest; an upstream that stalls or breaks mid-answer
+    ends the stream through `abort`, and `close` drops the upstream connection.
+
+    Subclasses turn upstream reads into client bytes (`_on_data`, `_on_eof`), say when the
+    answer is complete (`_complete`) and whether the very first output was a failure that
+    another provider should get a chance at (`_early_failure`).
+    """
+
+    stream = True
+    body = b""
+
+    def __init__(self, response: aiohttp.ClientResponse, provider: str) -> None:
+        self._response = response
+        self._provider = provider
+        self._reads = self._produce()
+        self._first = b""
+
+    def _on_data(self, data: bytes) -> bytes:
+        raise NotImplementedError
+
+    def _on_eof(self) -> bytes:
+        raise NotImplementedError
+
+    def _complete(self) -> bool:
+        return False
+
+    def _early_failure(self) -> UpstreamError | None:
+        return None
+
+    def abort(self, error_type: str, message: str) -> bytes:
+        raise NotImplementedError
+
+    async def _produce(self) -> AsyncGenerator[bytes, None]:
+        try:
+            async for data in self._response.content.iter_any():
+                out = self._on_data(data)
+                if out:
+                    yield out
+                if self._complete():
+                    return
+        except TimeoutError:  # sock_read: silent longer than idle_timeout
+            yield self.abort("api_error", f"upstream provider {self._provider} stalled "
+                                          "mid-answer")
+            return
+        except aiohttp.ClientError as exc:
+            yield self.abort("api_error", f"upstream provider {self._provider} broke off "
+                                          f"mid-answer ({type(exc).__name__})")
+            return
+        yield self._on_eof()
+
+    async def start(self, config: ProviderConfig) -> None:
+        """Read up to the first output, so an upstream that fails right away can still be
+        replaced by another provider."""
+        self._first = await first_output(self._reads, config)
+        failure = self._early_failure()
+        if failure is not None:
+            await self.close()
+            raise failure
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        if self._first:
+            yield self._first
+        async for out in self._reads:
+            if out:
+                yield out
+
+    async def close(self) -> None:
+        await self._reads.aclose()
+        # close(), not release(): an unfinished upstream stream must not go back to the pool
+        self._response.close()
+
+
 class BufferedReply:
     """A complete non-stream answer (Anthropic JSON)."""
 
@@ -114,13 +187,3 @@ async def read_body(response: aiohttp.ClientResponse, config: ProviderConfig) ->
         raise transport_error(config.name, exc) from None
     finally:
         response.release()
-
-
-Closer = Callable[[], Awaitable[None]]
-
-
-def upstream_headers(config: ProviderConfig, extra: dict[str, Any] | None = None,
-                     ) -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    headers.update(extra or {})
-    return headers

@@ -8,7 +8,6 @@ Reply: non-stream JSON converted whole; a stream converted read by read by
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
 import orjson
@@ -22,8 +21,8 @@ from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
 from gateway.providers.http import (
     BufferedReply,
+    UpstreamStream,
     client_session,
-    first_output,
     open_upstream,
     read_body,
     status_error,
@@ -31,56 +30,28 @@ from gateway.providers.http import (
 )
 
 
-class OpenAIStreamReply:
+class OpenAIStreamReply(UpstreamStream):
     """An upstream Chat Completions stream, converted to Anthropic SSE as it arrives."""
-
-    stream = True
-    body = b""
 
     def __init__(self, response: aiohttp.ClientResponse, converter: OpenAIStreamConverter,
                  provider: str) -> None:
-        self._response = response
         self._conv = converter
-        self._provider = provider
-        self._reads = self._converted()
-        self._first = b""
+        super().__init__(response, provider)
 
-    async def _converted(self) -> AsyncGenerator[bytes, None]:
-        """Converted bytes per upstream read; upstream failures end in an `error` event."""
-        conv = self._conv
-        try:
-            async for data in self._response.content.iter_any():
-                out = conv.feed(data)
-                if out:
-                    yield out
-                if conv.done:
-                    return
-        except TimeoutError:
-            yield conv.abort("api_error",
-                             f"upstream provider {self._provider} stalled mid-answer")
-            return
-        except aiohttp.ClientError as exc:
-            yield conv.abort("api_error", f"upstream provider {self._provider} broke off "
-                                          f"mid-answer ({type(exc).__name__})")
-            return
-        yield conv.finish()
+    def _on_data(self, data: bytes) -> bytes:
+        return self._conv.feed(data)
 
-    async def start(self, config: ProviderConfig) -> None:
-        """Read up to the first converted bytes, so an upstream that fails right away can
-        still be replaced by another provider."""
-        self._first = await first_output(self._reads, config)
-        if self._conv.error is not None and not self._conv.usage.output_tokens:
-            _error_type, message = self._conv.error
-            await self.close()
-            raise UpstreamError(self._provider, "stream_error", message, client_status=529,
-                                error_type="overloaded_error", retryable=True)
+    def _on_eof(self) -> bytes:
+        return self._conv.finish()
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        if self._first:
-            yield self._first
-        async for out in self._reads:
-            if out:
-                yield out
+    def _complete(self) -> bool:
+        return self._conv.done
+
+    def _early_failure(self) -> UpstreamError | None:
+        if self._conv.error is None or self._conv.usage.output_tokens:
+            return None
+        return UpstreamError(self._provider, "stream_error", self._conv.error[1],
+                             client_status=529, error_type="overloaded_error", retryable=True)
 
     @property
     def usage(self) -> Usage:
@@ -92,11 +63,6 @@ class OpenAIStreamReply:
 
     def abort(self, error_type: str, message: str) -> bytes:
         return self._conv.abort(error_type, message)
-
-    async def close(self) -> None:
-        await self._reads.aclose()
-        # close(), not release(): an unfinished upstream stream must not go back to the pool
-        self._response.close()
 
 
 class OpenAIProvider:
