@@ -101,7 +101,8 @@ class Bridge:
         self.url = f"{scheme}://{host}/remote-ws?role=bridge&session={session}"
         self.key = key
         self.term = terminal
-        self.output = asyncio.Queue[bytes]()
+        self.output = asyncio.Queue[bytes | None]()  # None: the terminal has exited
+        self._unsent = bytearray()
         self.done = asyncio.Event()
         self.exit_reason = ""
 
@@ -122,6 +123,7 @@ class Bridge:
         if not self.done.is_set():
             self.exit_reason = reason
             self.done.set()
+            self.output.put_nowait(None)
 
     async def run(self) -> str:
         loop = asyncio.get_running_loop()
@@ -179,23 +181,32 @@ class Bridge:
             self.finish("the session ended")
 
     async def _send_output(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Batch terminal output: one frame per 30 ms at most (fewer frames on a phone)."""
-        while True:
-            get = asyncio.ensure_future(self.output.get())
-            done = asyncio.ensure_future(self.done.wait())
-            await asyncio.wait({get, done}, return_when=asyncio.FIRST_COMPLETED)
-            if not get.done():
-                get.cancel()
-                await ws.send_bytes(orjson.dumps({"type": "status", "state": "exited"}))
-                await ws.close()
-                return
-            done.cancel()
-            batch = bytearray(get.result())
-            await asyncio.sleep(BATCH_SECONDS)
-            while not self.output.empty() and len(batch) < MAX_BATCH:
-                batch += self.output.get_nowait()
-            await ws.send_bytes(orjson.dumps({"type": "output",
-                                              "data": base64.b64encode(batch).decode()}))
+        """Batch terminal output: one frame per 30 ms at most (fewer frames on a phone).
+
+        Cancelled whenever the connection drops; output taken from the queue but not yet
+        sent waits in `_unsent` for the next connection, so a reconnect loses nothing.
+        """
+        exiting = False
+        while not exiting:
+            if not self._unsent:
+                item = await self.output.get()  # cancellation-safe: no item is lost
+                if item is None:
+                    exiting = True
+                else:
+                    self._unsent += item
+                    await asyncio.sleep(BATCH_SECONDS)
+            while not exiting and not self.output.empty() and len(self._unsent) < MAX_BATCH:
+                item = self.output.get_nowait()
+                if item is None:
+                    exiting = True
+                else:
+                    self._unsent += item
+            if self._unsent:
+                await ws.send_bytes(orjson.dumps({
+                    "type": "output", "data": base64.b64encode(self._unsent).decode()}))
+                self._unsent.clear()
+        await ws.send_bytes(orjson.dumps({"type": "status", "state": "exited"}))
+        await ws.close()
 
 
 def run(args: argparse.Namespace) -> int:
