@@ -204,6 +204,7 @@ async def test_page_opened_before_the_bridge_waits_reconnects_and_stops_when_end
         await expect(status).to_have_attribute("data-state", "ended")
         await expect(status).to_contain_text("ended by the user")
         await expect(page.locator("#term-line-text")).to_be_disabled()
+        await expect(page.locator(".term-end")).to_be_hidden()
         await screenshot(page, "remote-terminal-ended-desktop")
         await asyncio.sleep(1.5)  # longer than the first reconnect delays
         assert session.id not in site.state.remote.rooms  # nobody came back
