@@ -3,8 +3,8 @@
 All counters live in memory, so admitting a request costs no database round trip. Each
 user's subscription (period and tokens used) is loaded once, on their first request, and
 from then on this module is its single writer: `usage.UsageRecorder` persists the figures
-in its batched transactions. One gateway process owns the counters; DESIGN.md describes
-the Redis store that would replace them past one process.
+in its batched transactions. One gateway process owns the counters; docs/scale-out.md
+describes the Redis store that would replace them past one process.
 """
 
 from __future__ import annotations

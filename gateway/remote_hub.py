@@ -28,7 +28,7 @@ import binascii
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -316,14 +316,3 @@ class RemoteHub:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-async def running_sweeper(hub: RemoteHub) -> AsyncIterator[None]:
-    task = asyncio.create_task(hub.run_sweeper(), name="remote-sweeper")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await hub.close_all()

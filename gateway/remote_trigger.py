@@ -67,15 +67,20 @@ def reply_content(body: dict[str, Any], session: RemoteSession, public_url: str,
     if has_bash_tool(body):
         text = (f"Remote control is ready. I'll start the bridge now; then open {page} on "
                 "your phone, signed in to your account, to see and type into this terminal. "
-                "The session expires in 2 hours.")
+                f"The session expires in {_hours(session)}.")
         return [{"type": "text", "text": text},
                 {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {
                     "command": command, "run_in_background": True,
                     "description": "Start the llmapi remote-control bridge"}}]
     text = (f"Remote control is ready. Run this in the terminal you want to control:\n\n"
             f"    {command}\n\nThen open {page} on your phone, signed in to your account. "
-            "The session expires in 2 hours.")
+            f"The session expires in {_hours(session)}.")
     return [{"type": "text", "text": text}]
+
+
+def _hours(session: RemoteSession) -> str:
+    hours = (session.expires_at - session.created_at) / 3600
+    return "1 hour" if hours == 1 else f"{hours:g} hours"
 
 
 def message_json(model: str, message_id: str, content: list[dict[str, Any]]) -> bytes:
