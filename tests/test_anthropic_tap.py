@@ -129,3 +129,50 @@ def test_final_event_without_blank_line_counts_at_close() -> None:
 def test_crlf_stream() -> None:
     tap = tap_of(STREAM.replace(b"\n", b"\r\n"), 5)
     assert tap.usage.output_tokens == 42 and tap.saw_message_stop
+
+
+def test_feed_complete_skips_blocks_without_watched_events_but_sees_the_rest() -> None:
+    from gateway.protocol.anthropic_tap import AnthropicUsageTap
+
+    start = (b'event: message_start\ndata: {"type":"message_start","message":{"usage":'
+             b'{"input_tokens":11,"output_tokens":0}}}\n\n')
+    deltas = b"".join(
+        b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+        b'"delta":{"type":"text_delta","text":"x"}}\n\n' for _ in range(5))
+    end = (b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":'
+           b'"end_turn"},"usage":{"output_tokens":5}}\n\nevent: message_stop\n'
+           b'data: {"type":"message_stop"}\n\n')
+    tap = AnthropicUsageTap()
+    for block in (start, deltas, end):
+        tap.feed_complete(block)
+    assert (tap.usage.input_tokens, tap.usage.output_tokens) == (11, 5)
+    assert tap.saw_message_start and tap.saw_message_stop and tap.stop_reason == "end_turn"
+
+
+@pytest.mark.parametrize("framing", ["lf", "crlf", "nospace"])
+def test_feed_complete_matches_the_full_parser(framing: str) -> None:
+    """The find-based fast path and the parser agree, whatever the framing."""
+    from gateway.protocol.anthropic_tap import AnthropicUsageTap
+
+    events = [
+        ("message_start", '{"type":"message_start","message":{"usage":{"input_tokens":7,'
+                          '"cache_read_input_tokens":3,"output_tokens":1}}}'),
+        ("content_block_delta", '{"type":"content_block_delta","delta":{"text":'
+                                '"event: message_delta\\n says the model"}}'),
+        ("message_delta", '{"type":"message_delta","delta":{"stop_reason":"max_tokens"},'
+                          '"usage":{"output_tokens":9}}'),
+        ("message_delta", '{"type":"message_delta","usage":{"output_tokens":12}}'),
+        ("error", '{"type":"error","error":{"type":"overloaded_error","message":"busy"}}'),
+    ]
+    sep = {"lf": "\n", "crlf": "\r\n", "nospace": "\n"}[framing]
+    colon = ":" if framing == "nospace" else ": "
+    block = "".join(f"event{colon}{n}{sep}data{colon}{d}{sep}{sep}" for n, d in events).encode()
+    fast, slow = AnthropicUsageTap(), AnthropicUsageTap()
+    fast.feed_complete(block)
+    slow.feed(block)
+    slow.close()
+    assert fast.usage == slow.usage
+    assert (fast.usage.input_tokens, fast.usage.output_tokens) == (7, 12)
+    assert fast.stop_reason == slow.stop_reason == "max_tokens"
+    assert fast.error == slow.error == ("overloaded_error", "busy")
+    assert fast.saw_message_start and not fast.saw_message_stop

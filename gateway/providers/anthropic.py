@@ -46,8 +46,8 @@ class PassThroughReply(UpstreamStream):
 
     def _on_data(self, data: bytes) -> bytes:
         # Forward only up to the last complete event, so a stream that breaks mid-event can
-        # still be ended with a clean `error` event instead of a half-written one.
-        self._tap.feed(data)
+        # still be ended with a clean `error` event instead of a half-written one; the tap
+        # then sees whole events only, which lets it skip blocks without usage in them.
         self._deltas += data.count(b'"content_block_delta"')
         data = self._tail + data if self._tail else data
         cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
@@ -55,12 +55,14 @@ class PassThroughReply(UpstreamStream):
             self._tail = data
             return b""
         self._tail = data[cut:]
-        return data[:cut]
+        block = data[:cut]
+        self._tap.feed_complete(block)
+        return block
 
     def _on_eof(self) -> bytes:
         tap = self._tap
-        tap.close()
         out = self._tail + b"\n\n" if self._tail.strip() else b""
+        tap.feed_complete(out)
         if not (tap.saw_message_stop or tap.error):
             out += self.abort("api_error", TRUNCATED)
         self._ended = True
