@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -160,3 +161,22 @@ async def fake_stats(base: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as s, s.get(base + "/_fake/stats") as r:
         data: dict[str, Any] = await r.json()
         return data
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download is never used
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def browser() -> AsyncIterator[Any]:
+    """One headless Chromium per test module. Playwright gives every launch a fresh
+    temporary profile (user-data-dir) of its own."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        chromium = await playwright.chromium.launch(executable_path=CHROMIUM,
+                                                    args=CHROMIUM_ARGS)
+        yield chromium
+        await chromium.close()

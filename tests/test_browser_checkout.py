@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from gateway.fake_alipay import load_or_create_keys
 from tests.payment_helpers import Shop, start_shop
 from tests.site_helpers import make_user
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, log_in, new_context, screenshot
+from tests.test_browser import log_in, new_context, screenshot
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -31,19 +31,10 @@ async def shop(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Shop]:
         await server.close()
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM,
-                                                   args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
-
-
-async def test_checkout_page_turns_to_paid_without_a_reload(chromium: Browser,
+async def test_checkout_page_turns_to_paid_without_a_reload(browser: Browser,
                                                             shop: Shop) -> None:
     await make_user(shop.gw, "qr@example.com")
-    context, page, watch = await new_context(chromium, shop.gw)
+    context, page, watch = await new_context(browser, shop.gw)
     try:
         await log_in(page, "qr@example.com")
         await page.goto("/pricing")
@@ -66,10 +57,10 @@ async def test_checkout_page_turns_to_paid_without_a_reload(chromium: Browser,
         await context.close()
 
 
-async def test_checkout_without_javascript_uses_the_status_link(chromium: Browser,
+async def test_checkout_without_javascript_uses_the_status_link(browser: Browser,
                                                                 shop: Shop) -> None:
     await make_user(shop.gw, "nojs@example.com")
-    context, page, watch = await new_context(chromium, shop.gw,
+    context, page, watch = await new_context(browser, shop.gw,
                                              java_script_enabled=False)
     try:
         await log_in(page, "nojs@example.com")

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, ViewportSize, async_playwright, expect
+from playwright.async_api import Browser, Page, ViewportSize, expect
 
 from gateway.accounts import create_key
 from gateway.app import build_app
@@ -24,8 +24,6 @@ from gateway.remote_sessions import RemoteSession, create_session
 from tests.conftest import Gateway, make_config
 from tests.site_helpers import PASSWORD, make_user
 from tests.test_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     DESKTOP,
     PHONE,
     htmx_settled,
@@ -44,15 +42,6 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gatewa
     await server.start_server()
     yield Gateway(server, app)
     await server.close()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        chromium = await playwright.chromium.launch(executable_path=CHROMIUM,
-                                                    args=CHROMIUM_ARGS)
-        yield chromium
-        await chromium.close()
 
 
 async def user_with_session(site: Gateway, email: str) -> tuple[str, RemoteSession]:
