@@ -15,15 +15,12 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import fcntl
 import logging
 import os
-import pty
 import shutil
 import signal
 import struct
 import sys
-import termios
 from typing import Any
 
 import aiohttp
@@ -58,6 +55,8 @@ class Terminal:
     """A child process on a pseudo-terminal."""
 
     def __init__(self, argv: list[str], cols: int, rows: int) -> None:
+        import pty  # Unix only: imported here so the CLI itself still loads on Windows
+
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: become the program
             try:
@@ -68,6 +67,9 @@ class Terminal:
         os.set_blocking(self.fd, False)
 
     def resize(self, cols: int, rows: int) -> None:
+        import fcntl
+        import termios
+
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
     def write(self, data: bytes) -> None:
@@ -215,6 +217,10 @@ def run(args: argparse.Namespace) -> int:
     key = os.environ.get(args.key_env, "")
     if not key:
         print(f"remote-bridge: set {args.key_env} to your llmapi API key", file=sys.stderr)
+        return 2
+    if sys.platform == "win32":
+        print("remote-bridge: needs a Unix pty (Linux, macOS, or WSL on Windows)",
+              file=sys.stderr)
         return 2
     argv = args.program.split() if args.program else default_command()
     terminal = Terminal(argv, args.cols, args.rows)
