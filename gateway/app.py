@@ -16,27 +16,27 @@ import orjson
 from aiohttp import web
 
 from gateway.access_log import AccessLog
-from gateway.breaker import STATE_VALUE, Breaker
+from gateway.accounting.keycache import KeyCache
+from gateway.accounting.limits import Limits
+from gateway.accounting.usage import NoopRecorder, UsageRecorder
+from gateway.api.messages import FORWARDED_HEADERS, api_key_from, handle_messages, parse_request
+from gateway.api.middleware import errors_middleware
+from gateway.billing.payments import Payments
 from gateway.config import Config, PlanConfig, ProviderConfig
-from gateway.health import HealthChecker, cancel
-from gateway.keycache import KeyCache
-from gateway.limits import Limits
 from gateway.metrics import Gauge
-from gateway.middleware import errors_middleware
-from gateway.payments import Payments
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import Call, Provider
 from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
-from gateway.relay import FORWARDED_HEADERS, api_key_from, handle_messages, parse_request
-from gateway.remote_hub import RemoteHub, ViewerAuth
-from gateway.routing import listed_models, plan_route
-from gateway.sessions import signed_in_user
-from gateway.site import setup_site
+from gateway.relay.breaker import STATE_VALUE, Breaker
+from gateway.relay.health_checks import HealthChecker, cancel
+from gateway.relay.routing import listed_models, plan_route
+from gateway.remote.hub import RemoteHub, ViewerAuth
 from gateway.state import CONFIG, REQUEST_ID, STATE, GatewayState
-from gateway.storage import Database, open_database
-from gateway.usage import NoopRecorder, UsageRecorder
+from gateway.store.sqlite import Database, open_database
+from web.sessions import signed_in_user
+from web.site import setup_site
 
 
 def build_app(config: Config) -> web.Application:

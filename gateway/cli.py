@@ -14,8 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from gateway import remote_bridge
-from gateway.accounts import (
+from gateway.accounts.users import (
     AccountError,
     create_key,
     create_user,
@@ -25,7 +24,8 @@ from gateway.accounts import (
     set_user_status,
 )
 from gateway.config import Config, ConfigError, load_config, override_server
-from gateway.storage import open_database
+from gateway.remote import bridge as remote_bridge
+from gateway.store.sqlite import open_database
 
 EXIT_USAGE = 2
 
@@ -82,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
                             help="relay this machine's terminal to the gateway (remote control)")
     remote_bridge.add_arguments(bridge)
 
-    from gateway import fake_upstream
+    from gateway.testing import fake_upstream
 
     fake = sub.add_parser("fake-upstream", help="run the scripted fake provider (tests, demos)")
     fake_upstream.add_arguments(fake)
 
-    from gateway import fake_alipay
+    from gateway.testing import fake_alipay
 
     alipay = sub.add_parser("fake-alipay",
                             help="run the fake Alipay gateway (payment tests and demos)")
@@ -102,11 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "remote-bridge":
         return remote_bridge.run(args)
     if command == "fake-upstream":
-        from gateway import fake_upstream
+        from gateway.testing import fake_upstream
 
         return fake_upstream.run(args)
     if command == "fake-alipay":
-        from gateway import fake_alipay
+        from gateway.testing import fake_alipay
 
         return fake_alipay.run(args)
     try:

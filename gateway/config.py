@@ -509,7 +509,7 @@ def _remote(r: _Reader) -> RemoteConfig:
 
 
 def _alipay(r: _Reader, base_dir: Path) -> AlipayConfig:
-    from gateway.alipay_sign import AlipayKeyError, load_private_key, load_public_key
+    from gateway.billing.alipay_sign import AlipayKeyError, load_private_key, load_public_key
 
     d = AlipayConfig()
     app_id = r.get("app_id", str, "").strip()

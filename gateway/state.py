@@ -7,17 +7,17 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from gateway.access_log import AccessLog
-from gateway.breaker import Breaker
+from gateway.accounting.keycache import KeyCache
+from gateway.accounting.limits import Limits
+from gateway.accounting.usage import NoopRecorder, UsageRecorder
+from gateway.billing.payments import Payments
 from gateway.config import Config
-from gateway.health import HealthChecker
-from gateway.keycache import KeyCache
-from gateway.limits import Limits
 from gateway.metrics import Metrics
-from gateway.payments import Payments
 from gateway.providers.base import Provider
-from gateway.remote_hub import RemoteHub
-from gateway.storage import Database
-from gateway.usage import NoopRecorder, UsageRecorder
+from gateway.relay.breaker import Breaker
+from gateway.relay.health_checks import HealthChecker
+from gateway.remote.hub import RemoteHub
+from gateway.store.sqlite import Database
 
 
 @dataclass(slots=True)

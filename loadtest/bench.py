@@ -278,9 +278,9 @@ max_input_tokens = 0
 
 async def make_keys(config: Path, users: int, keys_per_user: int) -> list[str]:
     """Users on the benchmark plan and their raw keys (created straight in the database)."""
-    from gateway.accounts import create_key, create_user
+    from gateway.accounts.users import create_key, create_user
     from gateway.config import load_config
-    from gateway.storage import open_database
+    from gateway.store.sqlite import open_database
 
     cfg = load_config(str(config))
     db = await open_database(cfg.database_path)

@@ -16,7 +16,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.accounts import create_key, create_user
+from gateway.accounts.users import create_key, create_user
 from gateway.app import build_app
 from gateway.config import Config, parse_config
 from gateway.state import STATE
@@ -132,8 +132,8 @@ def spawn() -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
 async def fake_factory() -> AsyncIterator[Callable[..., Any]]:
     """Start scripted fake upstreams in this event loop; yields a starter returning the
     base URL and the server (for its stats)."""
-    from gateway.fake_upstream import FakeSettings
-    from gateway.fake_upstream import build_app as build_fake
+    from gateway.testing.fake_upstream import FakeSettings
+    from gateway.testing.fake_upstream import build_app as build_fake
 
     servers: list[TestServer] = []
 

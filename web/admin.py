@@ -7,9 +7,9 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from gateway import admin, catalog
-from gateway.accounts import AccountError
+from gateway.accounts.users import AccountError
 from gateway.app import health_snapshot
+from gateway.reports import admin, catalog
 from gateway.state import CONFIG, STATE
 from web.guards import require_admin
 from web.responses import (

@@ -15,16 +15,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway import admin, dashboard, site_accounts
-from gateway.accounts import AccountError
+from gateway.accounts import signup as site_accounts
+from gateway.accounts.signup import SiteAccountError
+from gateway.accounts.users import AccountError
 from gateway.app import health_snapshot
-from gateway.csrf import csrf_token
 from gateway.errors import ApiError
-from gateway.sessions import SiteUser, sign_in, sign_out, site_user
-from gateway.site_accounts import SiteAccountError
+from gateway.reports import admin, dashboard
 from gateway.state import CONFIG, STATE
+from web.csrf import csrf_token
 from web.guards import api_admin, api_user
 from web.responses import client_ip, db_of, form_data, int_param, public_url, site_of
+from web.sessions import SiteUser, sign_in, sign_out, site_user
 
 
 def _default(value: Any) -> Any:

@@ -9,11 +9,9 @@ from aiohttp import web
 from aiohttp_session import get_session
 from cryptography.fernet import InvalidToken
 
-from gateway import site_accounts
-from gateway.google_signin import GoogleSignInError
-from gateway.sessions import sign_in, sign_out
-from gateway.site import GOOGLE_CALLBACK
-from gateway.site_accounts import SiteAccountError
+from gateway.accounts import signup as site_accounts
+from gateway.accounts.google import GoogleSignInError
+from gateway.accounts.signup import SiteAccountError
 from gateway.state import CONFIG
 from web.guards import current_user
 from web.responses import (
@@ -27,6 +25,8 @@ from web.responses import (
     safe_next,
     site_of,
 )
+from web.sessions import sign_in, sign_out
+from web.site import GOOGLE_CALLBACK
 
 TICKET_TTL = 120  # seconds between Google's callback and our finish step
 

@@ -6,11 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import dashboard, site_accounts
-from gateway.accounts import AccountError, NewKey
-from gateway.sessions import SiteUser, forget_loaded_user, refresh_stamp, sign_out
-from gateway.site_accounts import SiteAccountError
-from gateway.usage_chart import layout_chart
+from gateway.accounts import signup as site_accounts
+from gateway.accounts.signup import SiteAccountError
+from gateway.accounts.users import AccountError, NewKey
+from gateway.reports import dashboard
 from web.guards import require_user
 from web.responses import (
     NO_STORE,
@@ -24,6 +23,8 @@ from web.responses import (
     redirect,
     render,
 )
+from web.sessions import SiteUser, forget_loaded_user, refresh_stamp, sign_out
+from web.usage_chart import layout_chart
 
 FRAGMENTS = {
     "overview": "partials/overview.html",

@@ -7,8 +7,8 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.sessions import SiteUser, signed_in_user
 from web.responses import db_of, safe_next
+from web.sessions import SiteUser, signed_in_user
 
 
 async def current_user(request: web.Request) -> SiteUser | None:

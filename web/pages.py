@@ -6,8 +6,8 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from gateway import catalog
 from gateway.app import health_snapshot
+from gateway.reports import catalog
 from gateway.state import CONFIG, STATE
 from web.guards import current_user
 from web.responses import db_of, public_url, render, site_of

@@ -8,9 +8,9 @@ import segno
 from aiohttp import web
 from markupsafe import Markup
 
-from gateway import catalog
+from gateway.billing.payments import Order, PaymentError, Payments
 from gateway.errors import ApiError
-from gateway.payments import Order, PaymentError, Payments
+from gateway.reports import catalog
 from gateway.state import STATE
 from web.api import reply
 from web.guards import api_user, require_user

@@ -13,10 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.errors import ApiError
-from gateway.remote_hub import RemoteHub
-from gateway.remote_sessions import RemoteSession, owned_session, sessions_of
-from gateway.sessions import SiteUser
-from gateway.site import CONTENT_SECURITY_POLICY
+from gateway.remote.hub import RemoteHub
+from gateway.remote.sessions import RemoteSession, owned_session, sessions_of
 from gateway.state import CONFIG, STATE
 from web.api import reply
 from web.guards import api_user, require_user
@@ -30,6 +28,8 @@ from web.responses import (
     render,
     safe_next,
 )
+from web.sessions import SiteUser
+from web.site import CONTENT_SECURITY_POLICY
 
 END_REASON = "ended by the user"
 LIST_TARGET = "remote-sessions"

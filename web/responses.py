@@ -9,10 +9,10 @@ import aiohttp_jinja2
 from aiohttp import web
 from aiohttp_session import STORAGE_KEY, get_session
 
-from gateway.csrf import csrf_token
-from gateway.site import SITE, SiteServices, page_context
 from gateway.state import CONFIG, STATE
-from gateway.storage import Database
+from gateway.store.sqlite import Database
+from web.csrf import csrf_token
+from web.site import SITE, SiteServices, page_context
 
 NO_STORE = {"Cache-Control": "no-store"}
 

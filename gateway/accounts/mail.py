@@ -1,0 +1,92 @@
+"""Send the site's e-mail by SMTP, or keep it in the outbox table and the log.
+
+Without `[mail] smtp_host` every message is stored in `mail_outbox` with status `outbox`
+and written to the server log, so sign-up works on a fresh machine and the operator reads
+the codes on the admin page. With SMTP, a delivered message keeps only its envelope (the
+body, which may hold a code, is dropped); a failed one keeps its body and the error.
+
+Each message is one template in `templates/emails/` with a `subject` and a `body` block,
+rendered as plain text (no HTML escaping: nothing here is shown in a browser as HTML).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import jinja2
+
+from gateway.config import MailConfig
+from gateway.store.sqlite import Database
+
+log = logging.getLogger("llmapi.mail")
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    to: str
+    subject: str
+    text: str
+
+
+class Mailer:
+    """Renders `templates/emails/NAME.txt` and delivers or stores the result."""
+
+    def __init__(self, config: MailConfig, db: Database, templates_dir: Path) -> None:
+        self.config = config
+        self.db = db
+        self._env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(templates_dir / "emails"), autoescape=False,
+            undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+
+    def render(self, template: str, to: str, **context: Any) -> Mail:
+        tmpl = self._env.get_template(f"{template}.txt")
+        ctx = tmpl.new_context({**context, "to": to})
+        subject = " ".join("".join(tmpl.blocks["subject"](ctx)).split())
+        body = "".join(tmpl.blocks["body"](ctx)).strip() + "\n"
+        return Mail(to=to, subject=subject, text=body)
+
+    async def send_template(self, template: str, to: str, **context: Any) -> int:
+        """Render and send; returns the outbox row id."""
+        return await self.send(self.render(template, to, **context))
+
+    async def send(self, mail: Mail) -> int:
+        now = time.time()
+        if not self.config.smtp_host:
+            row_id = await self._store(mail, "outbox", None, None, now)
+            log.info("mail #%d to %s (no SMTP configured; kept in the outbox): %s\n%s",
+                     row_id, mail.to, mail.subject, mail.text)
+            return row_id
+        try:
+            await self._deliver(mail)
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            log.warning("mail to %s failed: %s", mail.to, exc)
+            return await self._store(mail, "failed", f"{type(exc).__name__}: {exc}", None, now)
+        return await self._store(Mail(mail.to, mail.subject, ""), "sent", None, time.time(), now)
+
+    async def _deliver(self, mail: Mail) -> None:
+        c = self.config
+        message = EmailMessage()
+        message["From"] = c.sender
+        message["To"] = mail.to
+        message["Subject"] = mail.subject
+        message["Date"] = formatdate(localtime=False)
+        message["Message-ID"] = make_msgid(domain=c.sender.rpartition("@")[2].strip(">") or None)
+        message.set_content(mail.text)
+        await aiosmtplib.send(
+            message, hostname=c.smtp_host, port=c.smtp_port,
+            username=c.smtp_username or None, password=c.smtp_password or None,
+            use_tls=c.security == "tls", start_tls=c.security == "starttls",
+            timeout=c.timeout)
+
+    async def _store(self, mail: Mail, status: str, error: str | None, sent_at: float | None,
+                     now: float) -> int:
+        return await self.db.insert("mail_insert", {
+            "to_addr": mail.to, "subject": mail.subject, "body_text": mail.text,
+            "status": status, "error": error, "now": now, "sent_at": sent_at})

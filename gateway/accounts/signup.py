@@ -1,0 +1,255 @@
+"""The site's account flows: register and verify by e-mail code, log in, change, delete.
+
+Every function takes plain values and returns rows or raises `SiteAccountError` with a
+message fit to show next to the form field it names. Sessions and HTTP stay in web/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.accounts import codes as email_codes
+from gateway.accounts.mail import Mailer
+from gateway.accounts.throttle import LoginThrottle
+from gateway.accounts.users import (
+    AccountError,
+    create_user,
+    hash_password,
+    normalize_email,
+    verify_password,
+)
+from gateway.store.sqlite import Database
+
+REGISTER = "register"
+MIN_PASSWORD = 8
+MAX_PASSWORD = 1024
+MAX_NAME = 100
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f]+\.[^@\s\x00-\x1f.]{2,}$")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A real scrypt hash to check against when the e-mail is unknown, so the answer takes
+    as long for a missing account as for a wrong password."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+class SiteAccountError(Exception):
+    """A problem the user can fix; `field` names the form field it belongs to."""
+
+    def __init__(self, message: str, field: str = "", retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+
+
+def clean_email(email: str) -> str:
+    email = email.strip().lower()
+    if len(email) > 254 or not _EMAIL.match(email):
+        raise SiteAccountError("enter a valid e-mail address, like you@example.com", "email")
+    try:
+        return normalize_email(email)
+    except AccountError as exc:
+        raise SiteAccountError(str(exc), "email") from None
+
+
+def clean_name(name: str) -> str:
+    name = " ".join(name.split())
+    if len(name) > MAX_NAME:
+        raise SiteAccountError(f"keep the name under {MAX_NAME} characters", "name")
+    return name
+
+
+def check_new_password(password: str, email: str = "", field: str = "password") -> None:
+    if len(password) < MIN_PASSWORD:
+        raise SiteAccountError(f"use at least {MIN_PASSWORD} characters", field)
+    if len(password) > MAX_PASSWORD:
+        raise SiteAccountError(f"use at most {MAX_PASSWORD} characters", field)
+    if email and password.strip().lower() == email:
+        raise SiteAccountError("the password must not be your e-mail address", field)
+
+
+async def register(db: Database, mailer: Mailer, email: str, password: str, name: str,
+                   site_url: str) -> str:
+    """Start a registration and e-mail a code; returns the cleaned e-mail address.
+
+    The answer is the same whether or not the address already has an account (no account
+    discovery through this form): an existing, verified owner gets a notice instead.
+    """
+    email = clean_email(email)
+    name = clean_name(name)
+    check_new_password(password, email)
+    wait = await email_codes.seconds_until_resend(db, email, REGISTER)
+    existing = await db.fetch_one("user_by_email", {"email": email})
+    if existing is not None and existing["email_verified"]:
+        last = await db.fetch_one("mail_latest_to", {"to_addr": email})
+        if last is None or last["created_at"] < time.time() - email_codes.RESEND_INTERVAL:
+            await mailer.send_template("already_registered", email, site_url=site_url)
+        return email
+    password_hash = await asyncio.to_thread(hash_password, password)
+    if existing is None:
+        try:
+            user_id = await create_user(db, email, name=name, verified=False)
+        except AccountError as exc:  # registered a moment ago by a concurrent request
+            raise SiteAccountError(str(exc), "email") from None
+        now = time.time()
+        await db.execute("site_user_mark_pending", {"id": user_id, "now": now})
+        await db.execute("site_user_set_password",
+                         {"id": user_id, "password_hash": password_hash, "now": now})
+    else:
+        await db.execute("site_user_retry_registration", {
+            "id": existing["id"], "name": name, "password_hash": password_hash,
+            "now": time.time()})
+    if wait == 0:
+        await send_code(db, mailer, email, site_url)
+    return email
+
+
+async def send_code(db: Database, mailer: Mailer, email: str, site_url: str) -> None:
+    code = await email_codes.issue_code(db, email, REGISTER)
+    await mailer.send_template("verify_code", email, code=code,
+                               minutes=email_codes.CODE_TTL // 60, site_url=site_url)
+
+
+async def send_code_if_due(db: Database, mailer: Mailer, email: str, site_url: str) -> bool:
+    """Send a new code unless one went out less than a minute ago; True if sent."""
+    if await email_codes.seconds_until_resend(db, email, REGISTER):
+        return False
+    await send_code(db, mailer, email, site_url)
+    return True
+
+
+async def resend_code(db: Database, mailer: Mailer, email: str, site_url: str) -> None:
+    """Another code for a pending registration, at most one a minute."""
+    email = clean_email(email)
+    wait = await email_codes.seconds_until_resend(db, email, REGISTER)
+    if wait:
+        raise SiteAccountError(f"a code was just sent; you can ask again in {wait} s", "code",
+                               retry_after=wait)
+    user = await db.fetch_one("user_by_email", {"email": email})
+    if user is not None and not user["email_verified"]:
+        await send_code(db, mailer, email, site_url)
+
+
+async def verify(db: Database, email: str, code: str) -> Any:
+    """Check the e-mailed code; the account becomes active. Returns the user row."""
+    email = clean_email(email)
+    user = await db.fetch_one("user_by_email", {"email": email})
+    if user is None or user["email_verified"]:
+        raise SiteAccountError(email_codes.CodeProblem.MISSING.value, "code")
+    try:
+        await email_codes.check_code(db, email, REGISTER, code)
+    except email_codes.CodeError as exc:
+        raise SiteAccountError(str(exc), "code") from None
+    await db.execute("site_user_mark_verified", {"id": user["id"], "now": time.time()})
+    return await db.fetch_one("user_by_id", {"id": user["id"]})
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    user: Any
+    needs_verification: bool = False
+
+
+async def log_in(db: Database, throttle: LoginThrottle, email: str, password: str,
+                 ip: str) -> LoginResult:
+    """Check the password within the throttling limits. A correct password on an address
+    still waiting for its code returns `needs_verification` instead of signing in."""
+    try:
+        email = clean_email(email)
+    except SiteAccountError:
+        raise SiteAccountError("wrong e-mail address or password", "password") from None
+    wait = await throttle.retry_after(email, ip)
+    if wait:
+        raise SiteAccountError(f"too many failed attempts; try again in {_duration(wait)}",
+                               "password", retry_after=wait)
+    user = await db.fetch_one("user_by_email", {"email": email})
+    stored = user["password_hash"] if user is not None and user["password_hash"] else ""
+    ok = await asyncio.to_thread(verify_password, password, stored or _dummy_hash())
+    if user is None or not stored or not ok:
+        await throttle.record_failure(email, ip)
+        raise SiteAccountError("wrong e-mail address or password", "password")
+    await throttle.clear(email)
+    if user["status"] == "suspended":
+        raise SiteAccountError("this account is suspended; contact the operator", "email")
+    if user["status"] == "deleted":
+        raise SiteAccountError("wrong e-mail address or password", "password")
+    if not user["email_verified"]:
+        return LoginResult(user, needs_verification=True)
+    return LoginResult(user)
+
+
+def _duration(seconds: int) -> str:
+    return f"{seconds} s" if seconds < 120 else f"{(seconds + 59) // 60} minutes"
+
+
+async def change_name(db: Database, user_id: int, name: str) -> str:
+    name = clean_name(name)
+    await db.execute("site_user_set_name", {"id": user_id, "name": name, "now": time.time()})
+    return name
+
+
+async def change_password(db: Database, user_id: int, current: str, new: str,
+                          confirm: str) -> str:
+    """Set a new password after checking the current one; returns the new hash."""
+    user = await db.fetch_one("user_by_id", {"id": user_id})
+    if user is None:
+        raise SiteAccountError("this account no longer exists")
+    if user["password_hash"] and not await asyncio.to_thread(
+            verify_password, current, user["password_hash"]):
+        raise SiteAccountError("the current password is not right", "current_password")
+    check_new_password(new, user["email"], "new_password")
+    if new != confirm:
+        raise SiteAccountError("the two new passwords differ", "confirm_password")
+    password_hash = await asyncio.to_thread(hash_password, new)
+    await db.execute("site_user_set_password",
+                     {"id": user_id, "password_hash": password_hash, "now": time.time()})
+    return str(password_hash)
+
+
+async def delete_account(db: Database, user_id: int, typed_email: str) -> None:
+    """Delete after the user typed their own e-mail address. The row stays, emptied of
+    everything personal (orders and usage refer to it); every key is revoked at once."""
+    user = await db.fetch_one("user_by_id", {"id": user_id})
+    if user is None:
+        raise SiteAccountError("this account no longer exists")
+    if typed_email.strip().lower() != user["email"]:
+        raise SiteAccountError("type your e-mail address exactly to confirm", "confirm_email")
+    now = time.time()
+    async with db.transaction() as tx:
+        await tx.execute("site_user_revoke_keys", {"user_id": user_id, "now": now})
+        await tx.execute("site_user_forget_identities", {"user_id": user_id})
+        await tx.execute("site_user_anonymize", {
+            "id": user_id, "email": f"deleted-{user_id}-{secrets.token_hex(4)}@deleted.invalid",
+            "now": now})
+
+
+async def google_user(db: Database, subject: str, email: str, email_verified: bool,
+                      name: str) -> Any:
+    """The user a verified Google identity signs in as: the linked one, else the account
+    with the same (Google-verified) address, else a new account."""
+    user = await db.fetch_one("identity_user", {"provider": "google", "subject": subject})
+    if user is None:
+        if not email_verified:
+            raise SiteAccountError("Google has not verified this e-mail address")
+        email = clean_email(email)
+        user = await db.fetch_one("user_by_email", {"email": email})
+        if user is None:
+            user_id = await create_user(db, email, name=clean_name(name)[:MAX_NAME])
+        else:
+            user_id = user["id"]
+            if not user["email_verified"]:
+                await db.execute("site_user_mark_verified", {"id": user_id, "now": time.time()})
+        await db.insert("identity_insert", {"user_id": user_id, "provider": "google",
+                                            "subject": subject, "now": time.time()})
+        user = await db.fetch_one("user_by_id", {"id": user_id})
+    if user is None or user["status"] in ("suspended", "deleted"):
+        raise SiteAccountError("this account is suspended; contact the operator")
+    return user

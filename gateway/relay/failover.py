@@ -1,0 +1,96 @@
+"""Try a request's candidate providers in order until one starts answering.
+
+Retries: connect errors, timeouts before the first byte, and 429/500/502/503/504/529 from
+the upstream, within a per-request attempt budget. A retry of the *same* provider waits a
+small jittered backoff, or the upstream's `retry-after` when it is short; moving on to
+another provider does not wait. A 4xx request error is never retried. Once a reply is
+returned its first bytes may reach the client, so there is no failover after that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.config import RoutingConfig
+from gateway.errors import ApiError
+from gateway.metrics import Metrics
+from gateway.providers.base import Call, Provider, Reply, UpstreamError
+from gateway.relay.breaker import Breaker
+from gateway.relay.routing import Candidate
+
+log = logging.getLogger("llmapi.failover")
+
+
+@dataclass(slots=True)
+class Served:
+    reply: Reply
+    candidate: Candidate
+    attempts: int
+
+
+async def send_with_failover(call: Call, options: Sequence[Candidate],
+                             providers: dict[str, Provider], breakers: dict[str, Breaker],
+                             routing: RoutingConfig, metrics: Metrics) -> Served:
+    """The first reply any candidate gives, or `ApiError` (529 when every one failed)."""
+    if not options:
+        raise ApiError("not_found_error", f"model: no provider serves {call.client_model!r}")
+    attempts = 0
+    last: UpstreamError | None = None
+    tried: dict[str, int] = {}
+    last_of: dict[str, UpstreamError] = {}
+    while attempts < routing.max_attempts:
+        progressed = False
+        for option in options:
+            if attempts >= routing.max_attempts:
+                break
+            name = option.provider.name
+            breaker = breakers[name]
+            if not breaker.allow():
+                continue
+            if name in tried:  # a second go at the same provider: back off first
+                await asyncio.sleep(_delay(routing, tried[name], last_of.get(name)))
+            tried[name] = tried.get(name, 0) + 1
+            attempts += 1
+            progressed = True
+            call.upstream_model = option.upstream_model
+            try:
+                reply = await providers[name].send(call)
+            except UpstreamError as exc:
+                last = last_of[name] = exc
+                metrics.attempts.inc((name, "failure"))
+                metrics.failures.inc((name, exc.reason))
+                if not exc.retryable:
+                    breaker.release()  # the request was at fault, not the provider
+                    raise ApiError(exc.error_type, exc.message, status=exc.client_status) \
+                        from None
+                breaker.failure()
+                log.warning("provider %s failed (%s); %s", name, exc.reason,
+                            "trying the next" if attempts < routing.max_attempts else "giving up")
+                continue
+            except BaseException:
+                breaker.release()
+                raise
+            breaker.success()
+            metrics.attempts.inc((name, "success"))
+            return Served(reply, option, attempts)
+        if not progressed:
+            break
+    if last is None:
+        raise ApiError("overloaded_error",
+                       "every provider for this model is unavailable (circuit open); "
+                       "retry shortly")
+    raise ApiError("overloaded_error",
+                   f"all upstream providers failed after {attempts} attempt(s); "
+                   f"last: {last.message}")
+
+
+def _delay(routing: RoutingConfig, tries: int, last: UpstreamError | None) -> float:
+    if last is not None and last.retry_after is not None \
+            and last.retry_after <= routing.max_retry_after:
+        return float(last.retry_after)
+    base = routing.retry_backoff * 2.0 ** (tries - 1)
+    return base * (0.5 + random.random())

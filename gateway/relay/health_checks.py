@@ -1,0 +1,100 @@
+"""Probe every provider in the background without spending tokens, and feed the breakers.
+
+A probe asks for the provider's model list (`GET {base_url}/models` for OpenAI-compatible
+upstreams, `GET {base_url}/v1/models` for Anthropic-compatible ones): free, and it proves
+DNS, TLS, the network path and the credentials. A 401/403 marks the provider's credentials
+as refused; a 404 still proves the server is up (not every vendor lists models).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from gateway.config import ProviderConfig
+from gateway.relay.breaker import Breaker
+
+log = logging.getLogger("llmapi.health")
+
+
+@dataclass(slots=True)
+class ProbeResult:
+    checked_at: float = 0.0
+    latency_ms: float | None = None
+    ok: bool | None = None  # None: never probed
+    error: str | None = None
+
+
+class HealthChecker:
+    def __init__(self, providers: tuple[ProviderConfig, ...], breakers: dict[str, Breaker],
+                 interval: float) -> None:
+        self.providers = [p for p in providers if p.protocol != "demo"]
+        self.breakers = breakers
+        self.interval = interval
+        self.results: dict[str, ProbeResult] = {p.name: ProbeResult() for p in providers}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def probe(self, provider: ProviderConfig) -> ProbeResult:
+        assert self._session is not None
+        url = provider.base_url + ("/models" if provider.protocol == "openai" else "/v1/models")
+        headers = {"Authorization": f"Bearer {provider.api_key}",
+                   "x-api-key": provider.api_key} if provider.api_key else {}
+        started = time.perf_counter()
+        result = ProbeResult(checked_at=time.time())
+        timeout = aiohttp.ClientTimeout(total=min(10.0, provider.first_byte_timeout),
+                                        connect=provider.connect_timeout)
+        try:
+            async with self._session.get(url, headers=headers, timeout=timeout) as response:
+                await response.read()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            result.ok, result.error = False, f"unreachable ({type(exc).__name__})"
+        else:
+            result.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+            if status in (401, 403):
+                result.ok, result.error = False, "credentials refused"
+            elif status >= 500 or status == 429:
+                result.ok, result.error = False, f"HTTP {status}"
+            else:
+                result.ok = True
+        self.results[provider.name] = result
+        breaker = self.breakers[provider.name]
+        if result.ok:
+            if breaker.state != "closed" and breaker.usable:
+                breaker.success()  # the probe plays the half-open request's part
+        else:
+            breaker.failure()
+        return result
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self.probe(p) for p in self.providers))
+
+    async def run(self) -> None:
+        self._session = aiohttp.ClientSession()
+        try:
+            while True:
+                try:
+                    await self.check_all()
+                except Exception:  # one bad round must not end health checking
+                    log.exception("health check round failed")
+                await asyncio.sleep(self.interval)
+        finally:
+            await self._session.close()
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        result = self.results.get(name, ProbeResult())
+        return {"last_check": result.checked_at or None, "latency_ms": result.latency_ms,
+                "probe_ok": result.ok, "last_error": result.error}
+
+
+async def cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,224 @@
+"""The operator's panel: platform figures, user search, plan and status changes, cost report.
+
+Every change an admin makes goes through here and is written to `audit_log` (who, what,
+when, from which address) in the same breath, so web/ cannot forget to audit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from gateway.accounts.users import AccountError, set_plan, set_user_status
+from gateway.store.sqlite import Database
+from web.sessions import SiteUser
+
+DAY = 86400
+PAGE_SIZE = 25
+STATUSES = ("active", "pending", "suspended", "deleted")
+SETTABLE_STATUSES = ("active", "suspended")
+
+
+def month_start(now: float) -> float:
+    moment = datetime.fromtimestamp(now, UTC)
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformStats:
+    users: int
+    new_today: int
+    active_7d: int
+    requests_month: int
+    failed_month: int
+    tokens_month: int
+    cost_month: dict[str, float]      # currency -> provider cost
+    revenue_month: Decimal            # paid orders, site currency
+    paid_orders_month: int
+
+
+async def platform_stats(db: Database, now: float | None = None) -> PlatformStats:
+    now = time.time() if now is None else now
+    since_month = month_start(now)
+    users = await db.fetch_one("admin_count_users", {"today": now - now % DAY})
+    active = await db.fetch_one("admin_active_users_since", {"since": now - 7 * DAY})
+    usage = await db.fetch_one("admin_usage_since", {"since": since_month})
+    costs = await db.fetch_all("admin_cost_since", {"since": since_month})
+    orders = await db.fetch_all("admin_paid_orders_since", {"since": since_month})
+    revenue = Decimal(0)
+    for order in orders:
+        try:
+            revenue += Decimal(order["amount"])
+        except InvalidOperation:
+            continue  # a malformed amount is the payment module's bug, not a crash here
+    return PlatformStats(
+        users=users["users"] if users else 0,
+        new_today=(users["new_today"] or 0) if users else 0,
+        active_7d=active["users"] if active else 0,
+        requests_month=usage["requests"] if usage else 0,
+        failed_month=(usage["failed"] or 0) if usage else 0,
+        tokens_month=(usage["tokens"] or 0) if usage else 0,
+        cost_month={r["currency"] or "?": float(r["cost"]) for r in costs},
+        revenue_month=revenue, paid_orders_month=len(orders))
+
+
+@dataclass(frozen=True, slots=True)
+class UserFilter:
+    query: str = ""
+    plan: str = ""
+    status: str = ""
+    page: int = 1
+
+    def like_pattern(self) -> str:
+        q = self.query.strip().lower()
+        if not q:
+            return ""
+        escaped = q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return f"%{escaped}%"
+
+
+@dataclass(frozen=True, slots=True)
+class UserPage:
+    users: list[dict[str, Any]]
+    total: int
+    page: int
+    pages: int
+    filter: UserFilter
+
+
+async def search_users(db: Database, f: UserFilter, per_page: int = PAGE_SIZE) -> UserPage:
+    status = f.status if f.status in STATUSES else ""
+    params = {"pattern": f.like_pattern(), "plan": f.plan.strip(), "status": status}
+    count = await db.fetch_one("admin_users_count", params)
+    total = count["total"] if count else 0
+    pages = max(1, -(-total // per_page))
+    page = min(max(1, f.page), pages)
+    rows = await db.fetch_all("admin_users_page", {**params, "limit": per_page,
+                                                   "offset": (page - 1) * per_page})
+    return UserPage(users=[dict(r) for r in rows], total=total, page=page, pages=pages,
+                    filter=UserFilter(f.query, params["plan"], status, page))
+
+
+async def user_row(db: Database, user_id: int) -> dict[str, Any]:
+    row = await db.fetch_one("admin_user_row", {"id": user_id})
+    if row is None:
+        raise AccountError(f"no user with id {user_id}")
+    return dict(row)
+
+
+async def audit(db: Database, actor: SiteUser | None, action: str, target: str,
+                detail: str = "", ip: str = "") -> None:
+    await db.insert("audit_insert", {
+        "actor_id": actor.id if actor else None,
+        "actor_email": actor.email if actor else "system",
+        "action": action, "target": target, "detail": detail, "ip": ip, "now": time.time()})
+
+
+async def change_status(db: Database, actor: SiteUser, user_id: int, status: str,
+                        ip: str) -> dict[str, Any]:
+    """Suspend or re-activate a user (their keys stop or start working within a second)."""
+    if status not in SETTABLE_STATUSES:
+        raise AccountError(f"status must be one of {', '.join(SETTABLE_STATUSES)}")
+    user = await user_row(db, user_id)
+    if user["id"] == actor.id:
+        raise AccountError("you cannot change the status of your own account")
+    if user["status"] == "deleted":
+        raise AccountError("this account was deleted by its owner")
+    if user["status"] != status:
+        await set_user_status(db, user["email"], status)
+        await audit(db, actor, "user.suspend" if status == "suspended" else "user.activate",
+                    _target(user), f"status {user['status']} -> {status}", ip)
+    return await user_row(db, user_id)
+
+
+async def change_plan(db: Database, actor: SiteUser, user_id: int, plan: str,
+                      ip: str) -> dict[str, Any]:
+    user = await user_row(db, user_id)
+    if user["status"] == "deleted":
+        raise AccountError("this account was deleted by its owner")
+    if user["plan"] != plan:
+        await set_plan(db, user["email"], plan)
+        await audit(db, actor, "user.plan", _target(user), f"plan {user['plan']} -> {plan}", ip)
+    return await user_row(db, user_id)
+
+
+def _target(user: dict[str, Any]) -> str:
+    return f"user:{user['id']} ({user['email']})"
+
+
+@dataclass(slots=True)
+class CostDay:
+    day: date
+    by_provider: dict[str, float] = field(default_factory=dict)
+    requests: int = 0
+    tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class CostReport:
+    days: list[CostDay]                 # newest first, every day present
+    providers: list[str]                # column order
+    totals: dict[str, float]            # provider -> cost over the period
+    currencies: dict[str, str]          # provider -> currency ("" when mixed or unknown)
+    requests: int
+    tokens: int
+
+
+async def cost_report(db: Database, providers: list[str], days: int = 30,
+                      now: float | None = None) -> CostReport:
+    """Provider cost per UTC day over the last `days` days (configured providers first)."""
+    now = time.time() if now is None else now
+    first = now - now % DAY - (days - 1) * DAY
+    rows = await db.fetch_all("admin_cost_by_provider_day", {"since": first})
+    names = list(providers)
+    by_day: dict[int, CostDay] = {}
+    totals: dict[str, float] = defaultdict(float)
+    currencies: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        name = r["provider"] or "(none)"
+        if name not in names:
+            names.append(name)
+        number = int(r["day"])
+        entry = by_day.setdefault(number, CostDay(_day(number)))
+        entry.by_provider[name] = entry.by_provider.get(name, 0.0) + float(r["cost"] or 0)
+        entry.requests += r["requests"]
+        entry.tokens += (r["input_tokens"] or 0) + (r["output_tokens"] or 0)
+        totals[name] += float(r["cost"] or 0)
+        if r["currency"]:
+            currencies[name].add(r["currency"])
+    first_day = int(first // DAY)
+    series = [by_day.get(n) or CostDay(_day(n)) for n in range(first_day + days - 1,
+                                                                first_day - 1, -1)]
+    return CostReport(
+        days=series, providers=names, totals={n: totals.get(n, 0.0) for n in names},
+        currencies={n: next(iter(c)) if len(c) == 1 else "" for n, c in currencies.items()},
+        requests=sum(d.requests for d in series), tokens=sum(d.tokens for d in series))
+
+
+def _day(number: int) -> date:
+    return date(1970, 1, 1) + timedelta(days=number)
+
+
+async def outbox(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+    return [dict(r) for r in await db.fetch_all("mail_recent", {"limit": limit})]
+
+
+async def outbox_message(db: Database, message_id: int) -> dict[str, Any] | None:
+    row = await db.fetch_one("mail_by_id", {"id": message_id})
+    return dict(row) if row else None
+
+
+async def audit_entries(db: Database, page: int = 1,
+                        per_page: int = 50) -> tuple[list[dict[str, Any]], int, int]:
+    """(entries, page, pages), newest first."""
+    count = await db.fetch_one("audit_count")
+    total = count["total"] if count else 0
+    pages = max(1, -(-total // per_page))
+    page = min(max(1, page), pages)
+    rows = await db.fetch_all("audit_recent", {"limit": per_page,
+                                               "offset": (page - 1) * per_page})
+    return [dict(r) for r in rows], page, pages

@@ -1,0 +1,1 @@
+"""Shared test helpers: gateways and fakes as real servers, site clients."""

@@ -1,0 +1,232 @@
+"""Mount the web site on the gateway app: templates, sessions, CSRF, static files, routes.
+
+`setup_site(app, config)` is the one call `build_app` makes. The API hot path (`/v1/`,
+`/health`, `/metrics`) bypasses everything here: no session cookie is read or written and
+no CSRF check runs there. Everything else goes through the session middleware, then the
+CSRF check, then gets a strict Content-Security-Policy (every script, style and image
+comes from this server; nothing loads from elsewhere).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import warnings
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from aiohttp.web_exceptions import NotAppKeyWarning
+from aiohttp_session import STORAGE_KEY, get_session, session_middleware
+from cryptography.fernet import Fernet
+
+from gateway.accounts.google import GoogleVerifier
+from gateway.accounts.mail import Mailer
+from gateway.accounts.throttle import LoginThrottle
+from gateway.api.middleware import ERROR_PAGE, is_api_path
+from gateway.config import Config
+from gateway.errors import ApiError
+from gateway.state import CONFIG, STATE
+from web.blog import Post, load_posts
+from web.csrf import CsrfError, check_csrf, exempt_from_csrf
+from web.sessions import (
+    SiteUser,
+    cookie_storage,
+    fernet_for,
+    load_or_create_secret,
+    signed_in_user,
+)
+from web.usage_chart import compact
+
+log = logging.getLogger("llmapi.site")
+
+# aiohttp-session 2.12 stores its request keys as plain strings; that is its business.
+warnings.filterwarnings("ignore", category=NotAppKeyWarning, module="aiohttp_session")
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = ROOT / "templates"
+STATIC_DIR = ROOT / "static"
+BLOG_DIR = TEMPLATES_DIR / "blog"
+HOT_PREFIXES = ("/v1/",)
+HOT_PATHS = ("/health", "/metrics")
+GOOGLE_CALLBACK = "/login/google/callback"
+
+
+@dataclass(slots=True)
+class SiteServices:
+    """The site's long-lived helpers (created at start-up, closed on shutdown)."""
+
+    mailer: Mailer
+    throttle: LoginThrottle
+    google: GoogleVerifier | None
+    tickets: Fernet              # short-lived sign-in tickets (Google flow)
+    posts: list[Post]
+
+
+SITE = web.AppKey("site", SiteServices)
+
+
+def is_hot_path(path: str) -> bool:
+    return path.startswith(HOT_PREFIXES) or path in HOT_PATHS
+
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; "
+    "form-action 'self'; frame-ancestors 'none'")
+
+
+def add_security_headers(response: web.StreamResponse, csp: str) -> None:
+    response.headers.setdefault("Content-Security-Policy", csp)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+
+
+def setup_site(app: web.Application, config: Config) -> None:
+    """Add the site (pages, /api/auth|dashboard|admin, static files) to the gateway app."""
+    from web.routes import add_routes  # web/ depends on gateway/, never the reverse at import
+
+    secret = load_or_create_secret(config)
+    posts = load_posts(BLOG_DIR)
+    sessions = session_middleware(cookie_storage(config, secret))
+    csp = CONTENT_SECURITY_POLICY
+
+    @web.middleware
+    async def site_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_hot_path(request.path):
+            return await handler(request)
+
+        async def checked(req: web.Request) -> web.StreamResponse:
+            try:
+                await check_csrf(req)
+            except CsrfError as exc:
+                if is_api_path(req.path):
+                    raise ApiError("permission_error", f"CSRF token missing or wrong: {exc} "
+                                   "(GET /api/auth/csrf, then send X-CSRF-Token)") from None
+                raise web.HTTPForbidden(reason="CSRF token missing or wrong") from None
+            response = await handler(req)
+            if not response.prepared:
+                add_security_headers(response, csp)
+            return response
+
+        return await sessions(request, checked)
+
+    app.middlewares.append(site_middleware)
+    exempt_from_csrf(app, GOOGLE_CALLBACK)
+
+    env = aiohttp_jinja2.setup(
+        app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        filters=FILTERS)
+    env.globals.update(
+        site_name="llmapi", public_url=config.public_url,
+        google_enabled=config.google.enabled, registration_open=config.web.registration,
+        static=_static_urls(), year=datetime.now(UTC).year)
+
+    async def error_page(request: web.Request, status: int, message: str) -> web.Response:
+        context = {**await page_context(request), "status": status, "message": message}
+        response = aiohttp_jinja2.render_template("pages/error.html", request, context,
+                                                  status=status)
+        add_security_headers(response, csp)
+        return response
+
+    app[ERROR_PAGE] = error_page
+    app.router.add_static("/static/", STATIC_DIR, name="static")
+    add_routes(app)
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        db = app[STATE].db
+        timeout = aiohttp.ClientTimeout(total=10, connect=5)
+        http = aiohttp.ClientSession(timeout=timeout) if config.google.enabled else None
+        app[SITE] = SiteServices(
+            mailer=Mailer(config.mail, db, TEMPLATES_DIR),
+            throttle=LoginThrottle.from_config(db, config.web),
+            google=GoogleVerifier(config.google, http) if http is not None else None,
+            tickets=fernet_for(secret, "sign-in ticket"),
+            posts=posts)
+        try:
+            yield
+        finally:
+            if http is not None:
+                await http.close()
+
+    app.cleanup_ctx.append(resources)
+
+
+async def page_context(request: web.Request) -> dict[str, Any]:
+    """What every page template may use: the signed-in user, the CSRF token if the session
+    has one (handlers that render forms make sure it does), the canonical URL. Computed at
+    render time (not in a middleware), so the API hot path never pays for it and a page
+    rendered right after signing in sees the new user."""
+    user: SiteUser | None = None
+    csrf = ""
+    if STORAGE_KEY in request:
+        state = request.app[STATE]
+        user = await signed_in_user(
+            request, lambda uid: state.db.fetch_one("user_by_id", {"id": uid}))
+        token = (await get_session(request)).get("csrf")
+        csrf = token if isinstance(token, str) else ""
+    config = request.app[CONFIG]
+    return {"user": user, "csrf_token": csrf, "path": request.path,
+            "canonical": config.public_url + request.path, "flash": ""}
+
+
+def _static_urls() -> dict[str, str]:
+    """`static['css/site.css']` -> `/static/css/site.css?v=<content hash>` (cache busting)."""
+    urls: dict[str, str] = {}
+    for file in sorted(STATIC_DIR.rglob("*")):
+        if file.is_file():
+            rel = file.relative_to(STATIC_DIR).as_posix()
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()[:10]
+            urls[rel] = f"/static/{rel}?v={digest}"
+    return urls
+
+
+def _utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+
+
+def _datetime(ts: float | None) -> str:
+    moment = _utc(ts)
+    return "—" if moment is None else moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _date(ts: float | None) -> str:
+    moment = _utc(ts)
+    return "—" if moment is None else moment.strftime("%Y-%m-%d")
+
+
+def _iso(ts: float | None) -> str:
+    moment = _utc(ts)
+    return "" if moment is None else moment.isoformat(timespec="seconds")
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0, int(datetime.now(UTC).timestamp() - ts))
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return "just now"
+
+
+def _number(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}"
+
+
+FILTERS: dict[str, Any] = {
+    "datetime": _datetime, "date": _date, "iso": _iso, "ago": _ago, "number": _number,
+    "compact": compact,
+}
