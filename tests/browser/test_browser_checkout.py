@@ -13,9 +13,9 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, expect
 
 from gateway.testing.fake_alipay import load_or_create_keys
+from tests.browser.test_browser import log_in, new_context, screenshot
 from tests.helpers.payment import Shop, start_shop
 from tests.helpers.site import make_user
-from tests.browser.test_browser import log_in, new_context, screenshot
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

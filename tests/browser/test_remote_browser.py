@@ -21,8 +21,6 @@ from playwright.async_api import Browser, Page, ViewportSize, expect
 from gateway.accounts.users import create_key
 from gateway.app import build_app
 from gateway.remote.sessions import RemoteSession, create_session
-from tests.conftest import Gateway, make_config
-from tests.helpers.site import PASSWORD, make_user
 from tests.browser.test_browser import (
     DESKTOP,
     PHONE,
@@ -30,6 +28,8 @@ from tests.browser.test_browser import (
     new_context,
     screenshot,
 )
+from tests.conftest import Gateway, make_config
+from tests.helpers.site import PASSWORD, make_user
 from tests.remote.test_remote import start_bridge, stop, wait_bridge
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
