@@ -4,11 +4,11 @@
 INSERT INTO usage_logs (request_id, user_id, key_id, client_model, provider, upstream_model,
     input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens,
     estimated, cost, currency, ttft_ms, tokens_per_second, duration_ms, stream, status,
-    error_type, created_at)
+    error_type, created_at, ingress)
 VALUES (:request_id, :user_id, :key_id, :client_model, :provider, :upstream_model,
     :input_tokens, :output_tokens, :cache_read_tokens, :cache_creation_tokens, :thinking_tokens,
     :estimated, :cost, :currency, :ttft_ms, :tokens_per_second, :duration_ms, :stream, :status,
-    :error_type, :created_at);
+    :error_type, :created_at, :ingress);
 
 -- name: usage_requests_since
 SELECT COUNT(*) FROM usage_logs WHERE user_id = :user_id AND created_at >= :since;

@@ -48,6 +48,7 @@ class UsageRecord:
     duration_ms: float
     ttft_ms: float | None
     created_at: float
+    ingress: str = "anthropic"  # the client API: anthropic | chat | responses
 
 
 def cost_of(provider: ProviderConfig | None, upstream_model: str, usage: Usage) -> float:
@@ -103,6 +104,7 @@ class UsageRecorder:
                                   if usage.output_tokens and output_ms > 1 else None),
             "duration_ms": rec.duration_ms, "stream": int(rec.stream), "status": rec.status,
             "error_type": rec.error_type, "created_at": rec.created_at,
+            "ingress": rec.ingress,
         })
         self._keys_used[rec.key_id] = rec.created_at
         if len(self._pending) >= BATCH_ROWS:

@@ -3,7 +3,8 @@
     auth (memory) -> parse once + validate -> limits (memory) -> route -> failover
     -> provider.send -> write the reply -> account (queued, written behind)
 
-`handle_messages` is the whole story; the helpers below it are small. Errors before the
+`handle_messages` is the whole story; `relay` (route onwards) is shared with the OpenAI
+ingress routes; the helpers below them are small. Errors before the
 first byte become Anthropic error responses (middleware); after it, the reply itself ends
 the stream with an `error` event.
 """
@@ -26,7 +27,7 @@ from gateway.protocol.openai_request import validate_anthropic_request
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply
-from gateway.relay.failover import send_with_failover
+from gateway.relay.failover import SendFn, send_with_failover
 from gateway.relay.routing import base_model_name, plan_route
 from gateway.remote.sessions import create_session
 from gateway.remote.trigger import is_trigger, message_json, message_sse, reply_content
@@ -65,12 +66,24 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     )
     if state.config.remote.enabled and is_trigger(body, state.config.remote.triggers):
         return await answer_remote_control(state, key, call, rate_headers)
-    trip = Trip(state, key, call, started)
+    return await relay(request, state, key, call, rate_headers, started)
+
+
+async def relay(request: web.Request, state: GatewayState, key: KeyInfo, call: Call,
+                rate_headers: dict[str, str], started: float, ingress: str = "anthropic",
+                send: SendFn | None = None) -> web.StreamResponse:
+    """route -> failover -> write the reply -> account: the flow every ingress shares.
+
+    `send` lets an ingress that is not Anthropic (gateway/api/openai_ingress.py) talk to each
+    provider in its own way and hand back a reply already in the client's format; the
+    default is the provider's own Anthropic `send`.
+    """
+    trip = Trip(state, key, call, started, ingress)
     try:
-        options = plan_route(state.config.routing, state.config.providers, body,
+        options = plan_route(state.config.routing, state.config.providers, call.body,
                              call.client_model)
         served = await send_with_failover(call, options, state.providers, state.breakers,
-                                          state.config.routing, state.metrics)
+                                          state.config.routing, state.metrics, send)
     except ApiError as exc:
         exc.headers.update(rate_headers)
         trip.finish("error", None, exc.error_type, exc.status)
@@ -139,11 +152,13 @@ async def answer_remote_control(state: GatewayState, key: KeyInfo, call: Call,
 class Trip:
     """Timing and bookkeeping of one request, finished exactly once."""
 
-    __slots__ = ("call", "done", "first_byte_at", "key", "provider", "response", "started",
-                 "state")
+    __slots__ = ("call", "done", "first_byte_at", "ingress", "key", "provider", "response",
+                 "started", "state")
 
-    def __init__(self, state: GatewayState, key: KeyInfo, call: Call, started: float) -> None:
+    def __init__(self, state: GatewayState, key: KeyInfo, call: Call, started: float,
+                 ingress: str = "anthropic") -> None:
         self.state = state
+        self.ingress = ingress
         self.key = key
         self.call = call
         self.started = started
@@ -179,11 +194,11 @@ class Trip:
                 client_model=call.client_model, provider=self.provider,
                 upstream_model=call.upstream_model, usage=usage, stream=call.stream,
                 status=status, error_type=error_type, duration_ms=duration_ms,
-                ttft_ms=ttft_ms, created_at=time.time()))
+                ttft_ms=ttft_ms, created_at=time.time(), ingress=self.ingress))
         if state.access_log is not None:
             state.access_log.write({
                 "ts": round(time.time(), 3), "request_id": call.request_id,
-                "user_id": key.user_id, "key": key.prefix,
+                "user_id": key.user_id, "key": key.prefix, "ingress": self.ingress,
                 "model": call.client_model, "provider": self.provider or None,
                 "upstream_model": call.upstream_model or None, "status": status,
                 "http_status": http_status, "error_type": error_type, "stream": call.stream,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.config import RoutingConfig
@@ -25,6 +25,10 @@ from gateway.relay.routing import Candidate
 log = logging.getLogger("llmapi.failover")
 
 
+SendFn = Callable[[Provider, Call], Awaitable[Reply]]
+"""How one attempt talks to a provider; the default is `provider.send(call)` (Anthropic)."""
+
+
 @dataclass(slots=True)
 class Served:
     reply: Reply
@@ -34,7 +38,8 @@ class Served:
 
 async def send_with_failover(call: Call, options: Sequence[Candidate],
                              providers: dict[str, Provider], breakers: dict[str, Breaker],
-                             routing: RoutingConfig, metrics: Metrics) -> Served:
+                             routing: RoutingConfig, metrics: Metrics,
+                             send: SendFn | None = None) -> Served:
     """The first reply any candidate gives, or `ApiError` (529 when every one failed)."""
     if not options:
         raise ApiError("not_found_error", f"model: no provider serves {call.client_model!r}")
@@ -58,7 +63,8 @@ async def send_with_failover(call: Call, options: Sequence[Candidate],
             progressed = True
             call.upstream_model = option.upstream_model
             try:
-                reply = await providers[name].send(call)
+                provider = providers[name]
+                reply = await (provider.send(call) if send is None else send(provider, call))
             except UpstreamError as exc:
                 last = last_of[name] = exc
                 metrics.attempts.inc((name, "failure"))
