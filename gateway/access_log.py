@@ -12,13 +12,14 @@ import sys
 from typing import Any, BinaryIO
 
 import orjson
+from aiohttp import web
 
 FLUSH_INTERVAL = 0.2
 
 
 class AccessLog:
     def __init__(self, stream: BinaryIO | None = None) -> None:
-        self._stream = stream if stream is not None else sys.stderr.buffer
+        self.stream = stream if stream is not None else sys.stderr.buffer
         self._lines: list[bytes] = []
 
     def write(self, record: dict[str, Any]) -> None:
@@ -27,8 +28,8 @@ class AccessLog:
     def flush(self) -> None:
         if self._lines:
             lines, self._lines = self._lines, []
-            self._stream.write(b"\n".join(lines) + b"\n")
-            self._stream.flush()
+            self.stream.write(b"\n".join(lines) + b"\n")
+            self.stream.flush()
 
     async def run(self) -> None:
         try:
@@ -37,3 +38,7 @@ class AccessLog:
                 self.flush()
         finally:
             self.flush()
+
+
+ACCESS_LOG: web.AppKey[AccessLog | None] = web.AppKey("access_log")
+"""The buffered access log; None when `[server] access_log = false` (app.py)."""

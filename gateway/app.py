@@ -1,40 +1,42 @@
-"""Build the aiohttp application: routes, middleware and every long-lived resource.
+"""Build the aiohttp application: middleware, every long-lived resource, routes.
 
-Start-up and shutdown read top to bottom in `_resources`: open and migrate the database,
-sync plans from the config, start the key-cache refresher, open one client session per
-provider; then the same in reverse on the way out.
+Each long-lived resource has its own typed `web.AppKey`, declared next to the class it
+holds, and its own `cleanup_ctx` entry below. They open top to bottom in the order
+`build_app` lists them and close in reverse: a later resource may use an earlier one,
+never the other way round. Background tasks belong to the resource that owns them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from gateway.access_log import AccessLog
-from gateway.accounting.keycache import KeyCache
-from gateway.accounting.limits import Limits
-from gateway.accounting.usage import NoopRecorder, UsageRecorder
-from gateway.api.messages import FORWARDED_HEADERS, api_key_from, handle_messages, parse_request
+from gateway.access_log import ACCESS_LOG, AccessLog
+from gateway.accounting.keycache import KEY_CACHE, KeyCache
+from gateway.accounting.limits import LIMITS, Limits
+from gateway.accounting.usage import RECORDER, NoopRecorder, UsageRecorder
+from gateway.accounts.plans import sync_plans
+from gateway.api.endpoints import add_api_routes
 from gateway.api.middleware import errors_middleware
-from gateway.billing.payments import Payments
-from gateway.config import Config, PlanConfig, ProviderConfig
-from gateway.metrics import Gauge
-from gateway.protocol.token_estimate import estimate_input_tokens
+from gateway.billing.payments import PAYMENTS, Payments
+from gateway.config import CONFIG, Config, ProviderConfig
+from gateway.metrics import METRICS, Gauge, Metrics
 from gateway.providers.anthropic import AnthropicProvider
-from gateway.providers.base import Call, Provider
+from gateway.providers.base import PROVIDERS, Provider
 from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
-from gateway.relay.breaker import STATE_VALUE, Breaker
-from gateway.relay.health_checks import HealthChecker, cancel
-from gateway.relay.routing import listed_models, plan_route
-from gateway.remote.hub import RemoteHub, ViewerAuth
-from gateway.state import CONFIG, REQUEST_ID, STATE, GatewayState
-from gateway.store.sqlite import Database, open_database
+from gateway.relay.breaker import BREAKERS, STATE_VALUE, Breaker
+from gateway.relay.health_checks import HEALTH, HealthChecker
+from gateway.remote.hub import REMOTE_HUB, RemoteHub, ViewerAuth
+from gateway.reports.health import STARTED_AT
+from gateway.store.sqlite import DATABASE, Database, open_database
+from gateway.streams import STREAMS, OpenStreams
+from web.routes import add_routes as add_site_routes
 from web.sessions import signed_in_user
 from web.site import setup_site
 
@@ -44,16 +46,77 @@ def build_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[errors_middleware],
                           client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
-    app.cleanup_ctx.append(_resources)
-    app.router.add_post("/v1/messages", handle_messages)
-    app.router.add_post("/v1/messages/count_tokens", handle_count_tokens)
-    app.router.add_get("/v1/models", handle_models)
-    app.router.add_get("/health", handle_health)
-    app.router.add_get("/metrics", handle_metrics)
-    app.router.add_get("/remote-ws", handle_remote_ws)
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.extend([
+        database,          # SQLite file, migrated; plans synced from the config
+        limits,            # plan limits and counters (None with accounting off)
+        key_cache,         # API keys in memory, refreshed from the database
+        usage_recorder,    # usage rows written behind the hot path
+        providers,         # one provider (its own HTTP session) and breaker per name
+        health_checker,    # background probes of the providers
+        streams,           # open client streams and their keep-alive pings
+        gauges,            # /metrics gauges over the resources above
+        remote_hub,        # remote-control WebSocket rooms and their sweeper
+        payments,          # orders, Alipay client, reconciler
+        access_log,        # one JSON line per request on stderr
+    ])
     app.on_shutdown.append(close_websockets)
-    setup_site(app, config)  # pages, /api/auth|dashboard|admin, sessions, CSRF, static files
+    add_api_routes(app)  # /v1/messages, count_tokens, models, /health, /metrics, /remote-ws
+    setup_site(app, config)  # sessions, CSRF, templates, static files, error page
+    add_site_routes(app)  # pages and /api/auth|dashboard|admin|payment|remote
     return app
+
+
+@contextlib.asynccontextmanager
+async def running(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """A background task that lives exactly as long as the `async with` block."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def database(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    db = await open_database(config.database_path)
+    try:
+        await sync_plans(db, config.plans)
+        app[DATABASE] = db
+        app[STARTED_AT] = time.time()
+        yield
+    finally:
+        await db.close()
+
+
+async def limits(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[LIMITS] = (Limits(app[DATABASE], {p.name: p for p in config.plans})
+                   if config.server.accounting else None)
+    yield
+
+
+async def key_cache(app: web.Application) -> AsyncIterator[None]:
+    found = app[LIMITS]
+    cache = app[KEY_CACHE] = KeyCache(app[DATABASE],
+                                      on_change=found.forget if found else None)
+    async with running(cache.run_refresher(), "key-cache-refresher"):
+        yield
+
+
+async def usage_recorder(app: web.Application) -> AsyncIterator[None]:
+    found = app[LIMITS]
+    recorder: UsageRecorder | NoopRecorder = (
+        UsageRecorder(app[DATABASE], found, {p.name: p for p in app[CONFIG].providers})
+        if found else NoopRecorder())
+    app[RECORDER] = recorder
+    recorder.start()
+    try:
+        yield
+    finally:
+        await recorder.stop()  # drains the queue: a clean shutdown loses no usage row
 
 
 def make_provider(config: ProviderConfig) -> Provider:
@@ -65,173 +128,48 @@ def make_provider(config: ProviderConfig) -> Provider:
     return DemoProvider(config)
 
 
-async def sync_plans(db: Database, plans: tuple[PlanConfig, ...]) -> None:
-    """Make the plans table match the config (built-in plans plus `[[plans]]` overrides)."""
-    now = time.time()
-    async with db.transaction() as tx:
-        for order, plan in enumerate(plans):
-            await tx.execute("plan_upsert", {
-                "name": plan.name, "price_month": format_price(plan.price_month),
-                "monthly_tokens": plan.monthly_tokens, "rpm": plan.rpm, "rpd": plan.rpd,
-                "max_keys": plan.max_keys, "max_input_tokens": plan.max_input_tokens,
-                "sort_order": order, "now": now,
-            })
-
-
-def format_price(value: float) -> str:
-    """Money as a decimal string: 9 -> "9", 9.9 -> "9.90"."""
-    return str(int(value)) if value == int(value) else f"{value:.2f}"
-
-
-async def _resources(app: web.Application) -> AsyncIterator[None]:
+async def providers(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    db = await open_database(config.database_path)
-    await sync_plans(db, config.plans)
     routing = config.routing
-    breakers = {p.name: Breaker(routing.breaker_failures, routing.breaker_cooldown)
-                for p in config.providers}
-    plans = {p.name: p for p in config.plans}
-    limits = Limits(db, plans) if config.server.accounting else None
-    recorder: UsageRecorder | NoopRecorder = (
-        UsageRecorder(db, limits, {p.name: p for p in config.providers}) if limits
-        else NoopRecorder())
-    state = GatewayState(
-        config=config, db=db, keys=KeyCache(db, on_change=limits.forget if limits else None),
-        limits=limits, recorder=recorder,
-        health=HealthChecker(config.providers, breakers, routing.health_interval),
-        breakers=breakers, started_at=time.time())
-    state.providers = {p.name: make_provider(p) for p in config.providers}
-    state.remote = RemoteHub(db, state.keys, config.remote, config.public_url,
-                             viewer_user=signed_in_user_id(db))
-    state.payments = payments = await Payments.open(config, db, limits, state.keys)
-    if config.server.access_log:
-        state.access_log = AccessLog()
-    register_gauges(state)
-    app[STATE] = state
-    recorder.start()
-    tasks = [asyncio.create_task(state.keys.run_refresher(), name="key-cache-refresher"),
-             asyncio.create_task(keepalive_pings(state), name="keepalive-pings")]
-    tasks.append(asyncio.create_task(state.remote.run_sweeper(), name="remote-sweeper"))
-    if state.access_log is not None:
-        tasks.append(asyncio.create_task(state.access_log.run(), name="access-log"))
-    tasks.append(asyncio.create_task(payments.run(), name="payment-reconciler"))
-    if routing.health_interval > 0 and state.health.providers:
-        tasks.append(asyncio.create_task(state.health.run(), name="health-checker"))
+    app[BREAKERS] = {p.name: Breaker(routing.breaker_failures, routing.breaker_cooldown)
+                     for p in config.providers}
+    opened = app[PROVIDERS] = {p.name: make_provider(p) for p in config.providers}
     try:
         yield
     finally:
-        for task in tasks:
-            await cancel(task)
-        await state.remote.close_all()
-        await recorder.stop()  # drains the queue: a clean shutdown loses no usage row
-        for provider in state.providers.values():
+        for provider in opened.values():
             await provider.close()
-        await payments.close()
-        await db.close()
 
 
-PING = b'event: ping\ndata: {"type":"ping"}\n\n'
-PING_AFTER = 15.0  # seconds of silence before a keep-alive ping (pitfall 10)
+async def health_checker(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    checker = app[HEALTH] = HealthChecker(config.providers, app[BREAKERS],
+                                          config.routing.health_interval)
+    if config.routing.health_interval > 0 and checker.providers:
+        async with running(checker.run(), "health-checker"):
+            yield
+    else:
+        yield
 
 
-async def keepalive_pings(state: GatewayState) -> None:
-    """One task for all streams: a `ping` to any stream silent for 15 s, so proxies and
-    clients keep the connection open while an upstream thinks."""
-    while True:
-        await asyncio.sleep(PING_AFTER / 3)
-        now = time.monotonic()
-        for response, last in list(state.streams.items()):
-            if now - last >= PING_AFTER and response in state.streams:
-                state.streams[response] = now
-                try:
-                    await response.write(PING)
-                except (ConnectionError, RuntimeError):
-                    state.streams.pop(response, None)
+async def streams(app: web.Application) -> AsyncIterator[None]:
+    open_streams = app[STREAMS] = OpenStreams()
+    async with running(open_streams.run_pings(), "keepalive-pings"):
+        yield
 
 
-def register_gauges(state: GatewayState) -> None:
-    state.metrics.add_gauge(Gauge("llmapi_active_streams", "Client streams open now", (),
-                                  lambda: [((), len(state.streams))]))
-    state.metrics.add_gauge(Gauge(
+async def gauges(app: web.Application) -> AsyncIterator[None]:
+    metrics, open_streams = app[METRICS], app[STREAMS]
+    breakers, recorder = app[BREAKERS], app[RECORDER]
+    metrics.add_gauge(Gauge("llmapi_active_streams", "Client streams open now", (),
+                            lambda: [((), len(open_streams))]))
+    metrics.add_gauge(Gauge(
         "llmapi_breaker_state", "Circuit breaker per provider: 0 closed, 1 half-open, 2 open",
         ("provider",),
-        lambda: [((name, ), STATE_VALUE[b.state]) for name, b in state.breakers.items()]))
-    state.metrics.add_gauge(Gauge("llmapi_usage_queue", "Usage rows waiting to be written",
-                                  (), lambda: [((), state.recorder.pending)]))
-
-
-async def handle_count_tokens(request: web.Request) -> web.Response:
-    """The first routed provider's own count when it offers one, else our estimate
-    (method and measured error: gateway/protocol/token_estimate.py)."""
-    state = request.app[STATE]
-    await state.keys.authenticate(api_key_from(request))
-    body = parse_request(await request.read(), count_only=True)
-    count: int | None = None
-    for option in plan_route(state.config.routing, state.config.providers, body,
-                             body["model"])[:1]:
-        call = Call(body=body, client_model=body["model"], upstream_model=option.upstream_model,
-                    stream=False, request_id=request[REQUEST_ID], message_id="",
-                    headers={h: request.headers[h] for h in FORWARDED_HEADERS
-                             if h in request.headers})
-        count = await state.providers[option.provider.name].count_tokens(call)
-    if count is None:
-        count = estimate_input_tokens(body)
-    return web.Response(body=orjson.dumps({"input_tokens": count}),
-                        content_type="application/json")
-
-
-async def handle_models(request: web.Request) -> web.Response:
-    state = request.app[STATE]
-    await state.keys.authenticate(api_key_from(request))
-    names = listed_models(state.config.providers)
-    created = "2025-01-01T00:00:00Z"
-    data = [{"type": "model", "id": n, "display_name": n, "created_at": created} for n in names]
-    return web.json_response({
-        "data": data, "has_more": False,
-        "first_id": names[0] if names else None, "last_id": names[-1] if names else None,
-    })
-
-
-def health_snapshot(state: GatewayState) -> dict[str, Any]:
-    """Overall status and per-provider state (also shown on the admin page).
-
-    A provider is usable while its breaker lets requests through and its last probe (if
-    any) succeeded; the gateway is "ok" while at least one provider is usable.
-    """
-    providers: dict[str, Any] = {}
-    for name, provider in state.providers.items():
-        breaker = state.breakers[name]
-        probe = state.health.snapshot(name)
-        usable = breaker.usable and probe["probe_ok"] is not False
-        providers[name] = {
-            "status": "ok" if usable else "down", "protocol": provider.config.protocol,
-            "breaker": breaker.state, "consecutive_failures": breaker.consecutive_failures,
-            **probe,
-        }
-    ok = any(p["status"] == "ok" for p in providers.values())
-    return {"status": "ok" if ok else "unavailable",
-            "uptime_s": round(time.time() - state.started_at),
-            "active_streams": len(state.streams), "providers": providers}
-
-
-async def handle_health(request: web.Request) -> web.Response:
-    snapshot = health_snapshot(request.app[STATE])
-    return web.json_response(snapshot, status=200 if snapshot["status"] == "ok" else 503)
-
-
-async def close_websockets(app: web.Application) -> None:
-    """On shutdown, before in-flight requests are awaited: WebSockets never end by
-    themselves, so close them (bridges reconnect to the next process)."""
-    hub = app[STATE].remote if STATE in app else None
-    if hub is not None:
-        await hub.close_all()
-
-
-async def handle_remote_ws(request: web.Request) -> web.StreamResponse:
-    hub = request.app[STATE].remote
-    if hub is None or not request.app[STATE].config.remote.enabled:
-        raise web.HTTPNotFound(text="remote control is disabled")
-    return await hub.handle(request)
+        lambda: [((name, ), STATE_VALUE[b.state]) for name, b in breakers.items()]))
+    metrics.add_gauge(Gauge("llmapi_usage_queue", "Usage rows waiting to be written",
+                            (), lambda: [((), recorder.pending)]))
+    yield
 
 
 def signed_in_user_id(db: Database) -> ViewerAuth:
@@ -246,7 +184,40 @@ def signed_in_user_id(db: Database) -> ViewerAuth:
     return viewer
 
 
-async def handle_metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[STATE].metrics.render(),
-                        content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+async def remote_hub(app: web.Application) -> AsyncIterator[None]:
+    config, db = app[CONFIG], app[DATABASE]
+    hub = app[REMOTE_HUB] = RemoteHub(db, app[KEY_CACHE], config.remote, config.public_url,
+                                      viewer_user=signed_in_user_id(db))
+    try:
+        async with running(hub.run_sweeper(), "remote-sweeper"):
+            yield
+    finally:
+        await hub.close_all()
+
+
+async def close_websockets(app: web.Application) -> None:
+    """On shutdown, before in-flight requests are awaited: WebSockets never end by
+    themselves, so close them (bridges reconnect to the next process)."""
+    hub = app.get(REMOTE_HUB)
+    if hub is not None:
+        await hub.close_all()
+
+
+async def payments(app: web.Application) -> AsyncIterator[None]:
+    service = app[PAYMENTS] = await Payments.open(app[CONFIG], app[DATABASE], app[LIMITS],
+                                                  app[KEY_CACHE])
+    try:
+        async with running(service.run(), "payment-reconciler"):
+            yield
+    finally:
+        await service.close()
+
+
+async def access_log(app: web.Application) -> AsyncIterator[None]:
+    if not app[CONFIG].server.access_log:
+        app[ACCESS_LOG] = None
+        yield
+        return
+    log = app[ACCESS_LOG] = AccessLog()
+    async with running(log.run(), "access-log"):
+        yield

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,7 +24,9 @@ from gateway.accounts.users import (
 )
 from gateway.config import Config, ConfigError, load_config, override_server
 from gateway.remote import bridge as remote_bridge
+from gateway.server import serve
 from gateway.store.sqlite import open_database
+from gateway.testing import fake_alipay, fake_upstream
 
 EXIT_USAGE = 2
 
@@ -82,12 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="relay this machine's terminal to the gateway (remote control)")
     remote_bridge.add_arguments(bridge)
 
-    from gateway.testing import fake_upstream
-
     fake = sub.add_parser("fake-upstream", help="run the scripted fake provider (tests, demos)")
     fake_upstream.add_arguments(fake)
-
-    from gateway.testing import fake_alipay
 
     alipay = sub.add_parser("fake-alipay",
                             help="run the fake Alipay gateway (payment tests and demos)")
@@ -102,12 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "remote-bridge":
         return remote_bridge.run(args)
     if command == "fake-upstream":
-        from gateway.testing import fake_upstream
-
         return fake_upstream.run(args)
     if command == "fake-alipay":
-        from gateway.testing import fake_alipay
-
         return fake_alipay.run(args)
     try:
         config = load_config(getattr(args, "config", None))
@@ -115,8 +108,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llmapi: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if command == "serve":
-        from gateway.server import serve
-
         config = override_server(config, getattr(args, "host", None),
                                  getattr(args, "port", None))
         return serve(config)
@@ -218,11 +209,3 @@ COMMANDS: dict[tuple[str, str], Callable[..., Awaitable[int]]] = {
     ("keys", "revoke"): _keys_revoke,
     ("usage", ""): _usage,
 }
-
-
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # The format names no process, thread or process name: skip looking them up for every
-    # record (the access log writes one record per request).
-    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False

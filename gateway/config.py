@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from aiohttp import web
+
 T = TypeVar("T")
 
 PROTOCOLS = ("openai", "anthropic", "demo")
@@ -652,3 +654,7 @@ def override_server(config: Config, host: str | None, port: int | None) -> Confi
     server = replace(config.server, host=host or config.server.host,
                      port=config.server.port if port is None else port)
     return replace(config, server=server)
+
+
+CONFIG = web.AppKey("config", Config)
+"""The parsed config, set by `build_app` before anything opens."""

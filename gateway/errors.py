@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import orjson
+from aiohttp import web
 
 # Anthropic error type -> HTTP status (PROTOCOL.md section 2).
 STATUS_OF: dict[str, int] = {
@@ -40,3 +43,8 @@ def error_body(error_type: str, message: str) -> bytes:
 
 def invalid_request(message: str) -> ApiError:
     return ApiError("invalid_request_error", message)
+
+
+ErrorPage = Callable[[web.Request, int, str], Awaitable[web.Response]]
+ERROR_PAGE: web.AppKey[ErrorPage] = web.AppKey("error_page")
+"""Renders the site's HTML error page (set by the site; a plain page is used without it)."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
+from aiohttp import web
+
 Labels = tuple[str, ...]
 
 LATENCY_BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
@@ -123,3 +125,7 @@ class Metrics:
         for metric in metrics:
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"
+
+
+METRICS = web.AppKey("metrics", Metrics)
+"""The process's Prometheus registry (app.py: `metrics`)."""

@@ -9,10 +9,17 @@ import sys
 from aiohttp import web
 
 from gateway.app import build_app
-from gateway.cli import configure_logging
 from gateway.config import Config
 
 log = logging.getLogger("llmapi")
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The format names no process, thread or process name: skip looking them up for every
+    # record (the access log writes one record per request).
+    logging.logProcesses = logging.logThreads = logging.logMultiprocessing = False
 
 
 def install_uvloop() -> None:

@@ -285,7 +285,7 @@ async def make_keys(config: Path, users: int, keys_per_user: int) -> list[str]:
     cfg = load_config(str(config))
     db = await open_database(cfg.database_path)
     try:
-        from gateway.app import sync_plans
+        from gateway.accounts.plans import sync_plans
 
         await sync_plans(db, cfg.plans)
         keys = []

@@ -1,65 +1,34 @@
-"""Shared fixtures: real gateway servers on loopback with real SQLite files in temp dirs."""
+"""Fixtures over tests/helpers: real gateway servers on loopback, real SQLite files in temp
+dirs, subprocesses, fake upstreams, one Chromium per module."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.accounts.users import create_key, create_user
 from gateway.app import build_app
-from gateway.config import Config, parse_config
-from gateway.state import STATE
-
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_config(tmp_path: Path, data: dict[str, Any] | None = None) -> Config:
-    data = dict(data or {})
-    data.setdefault("database", {"path": str(tmp_path / "llmapi.db")})
-    return parse_config(data, source="test-config", env={}, base_dir=tmp_path)
-
-
-class Gateway:
-    """A running in-process gateway plus helpers to create users and keys in its database."""
-
-    def __init__(self, server: TestServer, app: web.Application) -> None:
-        self.server = server
-        self.app = app
-
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
-
-    @property
-    def state(self) -> Any:
-        return self.app[STATE]
-
-    async def new_key(self, email: str = "dev@example.com", plan: str = "free") -> str:
-        db = self.state.db
-        if await db.fetch_one("user_by_email", {"email": email}) is None:
-            await create_user(db, email, plan=plan)
-        return (await create_key(db, email)).raw
-
-
-GatewayFactory = Callable[..., Any]
+from tests.helpers.gateway import (  # noqa: F401  (re-exported for older test modules)
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    FIXTURES,
+    ROOT,
+    Gateway,
+    GatewayFactory,
+    fake_stats,
+    free_port,
+    make_config,
+    provider_table,
+    run_cli,
+    wait_for_port,
+)
 
 
 @pytest.fixture
@@ -82,26 +51,6 @@ async def gateway_factory(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
 async def gateway(gateway_factory: GatewayFactory) -> Gateway:
     gw: Gateway = await gateway_factory()
     return gw
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})}, cwd=cwd,
-                          timeout=timeout)
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited early with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
 
 
 @pytest.fixture
@@ -146,27 +95,6 @@ async def fake_factory() -> AsyncIterator[Callable[..., Any]]:
     yield start
     for server in servers:
         await server.close()
-
-
-def provider_table(name: str, protocol: str, base: str, **extra: Any) -> dict[str, Any]:
-    """A [[providers]] entry pointing at a fake upstream."""
-    return {"name": name, "protocol": protocol,
-            "base_url": base + "/v1" if protocol == "openai" else base,
-            "models": {"default": "fake-model", "haiku": "fake-small"}, **extra}
-
-
-async def fake_stats(base: str) -> dict[str, Any]:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as s, s.get(base + "/_fake/stats") as r:
-        data: dict[str, Any] = await r.json()
-        return data
-
-
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own browser download is never used
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

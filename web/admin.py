@@ -8,9 +8,9 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from gateway.accounts.users import AccountError
-from gateway.app import health_snapshot
+from gateway.config import CONFIG
 from gateway.reports import admin, catalog
-from gateway.state import CONFIG, STATE
+from gateway.reports.health import health_snapshot
 from web.guards import require_admin
 from web.responses import (
     client_ip,
@@ -31,7 +31,7 @@ async def overview_context(request: web.Request, parts: tuple[str, ...]) -> dict
     if "stats" in parts:
         ctx["stats"] = await admin.platform_stats(db_of(request))
     if "health" in parts:
-        ctx["health"] = health_snapshot(request.app[STATE])
+        ctx["health"] = health_snapshot(request.app)
     return ctx
 
 

@@ -18,10 +18,10 @@ from aiohttp import web
 from gateway.accounts import signup as site_accounts
 from gateway.accounts.signup import SiteAccountError
 from gateway.accounts.users import AccountError
-from gateway.app import health_snapshot
+from gateway.config import CONFIG
 from gateway.errors import ApiError
 from gateway.reports import admin, dashboard
-from gateway.state import CONFIG, STATE
+from gateway.reports.health import health_snapshot
 from web.csrf import csrf_token
 from web.guards import api_admin, api_user
 from web.responses import client_ip, db_of, form_data, int_param, public_url, site_of
@@ -217,7 +217,7 @@ async def admin_costs(request: web.Request) -> web.Response:
 
 async def admin_health(request: web.Request) -> web.Response:
     await api_admin(request)
-    return reply(health_snapshot(request.app[STATE]))
+    return reply(health_snapshot(request.app))
 
 
 async def admin_outbox(request: web.Request) -> web.Response:

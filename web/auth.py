@@ -12,7 +12,8 @@ from cryptography.fernet import InvalidToken
 from gateway.accounts import signup as site_accounts
 from gateway.accounts.google import GoogleSignInError
 from gateway.accounts.signup import SiteAccountError
-from gateway.state import CONFIG
+from gateway.config import CONFIG
+from gateway.paths import GOOGLE_CALLBACK
 from web.guards import current_user
 from web.responses import (
     client_ip,
@@ -26,7 +27,6 @@ from web.responses import (
     site_of,
 )
 from web.sessions import sign_in, sign_out
-from web.site import GOOGLE_CALLBACK
 
 TICKET_TTL = 120  # seconds between Google's callback and our finish step
 

@@ -6,9 +6,10 @@ from xml.sax.saxutils import escape
 
 from aiohttp import web
 
-from gateway.app import health_snapshot
+from gateway.billing.payments import PAYMENTS
+from gateway.config import CONFIG
 from gateway.reports import catalog
-from gateway.state import CONFIG, STATE
+from gateway.reports.health import health_snapshot
 from web.guards import current_user
 from web.responses import db_of, public_url, render, site_of
 
@@ -23,7 +24,7 @@ async def home(request: web.Request) -> web.Response:
 
 
 async def pricing(request: web.Request) -> web.Response:
-    payments = request.app[STATE].payments
+    payments = request.app.get(PAYMENTS)
     return await render(request, "pages/pricing.html", {
         "plans": await catalog.plans(db_of(request)),
         "payments_enabled": payments is not None and payments.enabled,
@@ -32,7 +33,7 @@ async def pricing(request: web.Request) -> web.Response:
 
 async def docs(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    snapshot = health_snapshot(request.app[STATE])
+    snapshot = health_snapshot(request.app)
     return await render(request, "pages/docs.html", {
         "plans": await catalog.plans(db_of(request)),
         "providers": catalog.provider_models(config),

@@ -8,10 +8,9 @@ import segno
 from aiohttp import web
 from markupsafe import Markup
 
-from gateway.billing.payments import Order, PaymentError, Payments
+from gateway.billing.payments import PAYMENTS, Order, PaymentError, Payments
 from gateway.errors import ApiError
 from gateway.reports import catalog
-from gateway.state import STATE
 from web.api import reply
 from web.guards import api_user, require_user
 from web.responses import NO_STORE, db_of, form_data, is_htmx, redirect, render
@@ -20,7 +19,7 @@ POLL_EVERY = "2s"
 
 
 def payments_of(request: web.Request) -> Payments:
-    payments = request.app[STATE].payments
+    payments = request.app.get(PAYMENTS)
     if payments is None:
         raise web.HTTPServiceUnavailable(reason="the gateway is starting")
     return payments

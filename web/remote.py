@@ -12,10 +12,10 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.config import CONFIG
 from gateway.errors import ApiError
-from gateway.remote.hub import RemoteHub
+from gateway.remote.hub import REMOTE_HUB, RemoteHub
 from gateway.remote.sessions import RemoteSession, owned_session, sessions_of
-from gateway.state import CONFIG, STATE
 from web.api import reply
 from web.guards import api_user, require_user
 from web.responses import (
@@ -98,7 +98,7 @@ def _hours(hours: float) -> str:
 
 
 def hub_of(request: web.Request) -> RemoteHub:
-    hub = request.app[STATE].remote
+    hub = request.app.get(REMOTE_HUB)
     if hub is None:
         raise web.HTTPNotFound(reason="Remote control is not running")
     return hub

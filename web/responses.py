@@ -9,8 +9,8 @@ import aiohttp_jinja2
 from aiohttp import web
 from aiohttp_session import STORAGE_KEY, get_session
 
-from gateway.state import CONFIG, STATE
-from gateway.store.sqlite import Database
+from gateway.config import CONFIG
+from gateway.store.sqlite import DATABASE, Database
 from web.csrf import csrf_token
 from web.site import SITE, SiteServices, page_context
 
@@ -18,7 +18,7 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 
 def db_of(request: web.Request) -> Database:
-    return request.app[STATE].db
+    return request.app[DATABASE]
 
 
 def site_of(request: web.Request) -> SiteServices:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from gateway.paths import GOOGLE_CALLBACK
 from web import admin, api, auth, dashboard, pages, payment, remote
 
 
@@ -27,7 +28,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/register/verify", auth.verify_submit)
     r.add_post("/register/resend", auth.resend_submit)
     r.add_get("/login/google", auth.google_start)
-    r.add_post("/login/google/callback", auth.google_callback)
+    r.add_post(GOOGLE_CALLBACK, auth.google_callback)
     r.add_get("/login/google/finish", auth.google_finish)
     # signed in
     r.add_get("/dashboard", dashboard.dashboard_page, name="dashboard")

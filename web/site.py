@@ -1,10 +1,10 @@
 """Mount the web site on the gateway app: templates, sessions, CSRF, static files, routes.
 
-`setup_site(app, config)` is the one call `build_app` makes. The API hot path (`/v1/`,
-`/health`, `/metrics`) bypasses everything here: no session cookie is read or written and
-no CSRF check runs there. Everything else goes through the session middleware, then the
-CSRF check, then gets a strict Content-Security-Policy (every script, style and image
-comes from this server; nothing loads from elsewhere).
+`setup_site(app, config)` mounts the plumbing; `build_app` then adds `web.routes`. The API
+hot path (`/v1/`, `/health`, `/metrics`) bypasses everything here: no session cookie is
+read or written and no CSRF check runs there. Everything else goes through the session
+middleware, then the CSRF check, then gets a strict Content-Security-Policy (every script,
+style and image comes from this server; nothing loads from elsewhere).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from cryptography.fernet import Fernet
 from gateway.accounts.google import GoogleVerifier
 from gateway.accounts.mail import Mailer
 from gateway.accounts.throttle import LoginThrottle
-from gateway.api.middleware import ERROR_PAGE, is_api_path
-from gateway.config import Config
-from gateway.errors import ApiError
-from gateway.state import CONFIG, STATE
+from gateway.config import CONFIG, Config
+from gateway.errors import ERROR_PAGE, ApiError
+from gateway.paths import GOOGLE_CALLBACK, is_api_path, is_hot_path
+from gateway.store.sqlite import DATABASE
 from web.blog import Post, load_posts
 from web.csrf import CsrfError, check_csrf, exempt_from_csrf
 from web.sessions import (
@@ -54,9 +54,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
 BLOG_DIR = TEMPLATES_DIR / "blog"
-HOT_PREFIXES = ("/v1/",)
-HOT_PATHS = ("/health", "/metrics")
-GOOGLE_CALLBACK = "/login/google/callback"
 
 
 @dataclass(slots=True)
@@ -71,10 +68,6 @@ class SiteServices:
 
 
 SITE = web.AppKey("site", SiteServices)
-
-
-def is_hot_path(path: str) -> bool:
-    return path.startswith(HOT_PREFIXES) or path in HOT_PATHS
 
 
 CONTENT_SECURITY_POLICY = (
@@ -92,8 +85,6 @@ def add_security_headers(response: web.StreamResponse, csp: str) -> None:
 
 def setup_site(app: web.Application, config: Config) -> None:
     """Add the site (pages, /api/auth|dashboard|admin, static files) to the gateway app."""
-    from web.routes import add_routes  # web/ depends on gateway/, never the reverse at import
-
     secret = load_or_create_secret(config)
     posts = load_posts(BLOG_DIR)
     sessions = session_middleware(cookie_storage(config, secret))
@@ -140,10 +131,9 @@ def setup_site(app: web.Application, config: Config) -> None:
 
     app[ERROR_PAGE] = error_page
     app.router.add_static("/static/", STATIC_DIR, name="static")
-    add_routes(app)
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        db = app[STATE].db
+        db = app[DATABASE]
         timeout = aiohttp.ClientTimeout(total=10, connect=5)
         http = aiohttp.ClientSession(timeout=timeout) if config.google.enabled else None
         app[SITE] = SiteServices(
@@ -169,9 +159,8 @@ async def page_context(request: web.Request) -> dict[str, Any]:
     user: SiteUser | None = None
     csrf = ""
     if STORAGE_KEY in request:
-        state = request.app[STATE]
-        user = await signed_in_user(
-            request, lambda uid: state.db.fetch_one("user_by_id", {"id": uid}))
+        db = request.app[DATABASE]
+        user = await signed_in_user(request, lambda uid: db.fetch_one("user_by_id", {"id": uid}))
         token = (await get_session(request)).get("csrf")
         csrf = token if isinstance(token, str) else ""
     config = request.app[CONFIG]

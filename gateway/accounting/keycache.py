@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from gateway.accounts.users import hash_key
 from gateway.errors import ApiError
 from gateway.store.sqlite import Database
@@ -116,3 +118,18 @@ class KeyCache:
                 await self.refresh()
             except Exception:  # keep refreshing; a locked DB now is fine a moment later
                 log.exception("key cache refresh failed")
+
+
+KEY_CACHE = web.AppKey("key_cache", KeyCache)
+"""The API-key cache and its refresher (app.py: `key_cache`)."""
+
+
+def api_key_from(request: web.Request) -> str | None:
+    """The key a client sent: `x-api-key` (Anthropic SDKs) or `Authorization: Bearer`."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key.strip()
+    auth = request.headers.get("Authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return None

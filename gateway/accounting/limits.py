@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp import web
+
 from gateway.accounting.keycache import KeyInfo
 from gateway.accounts.users import add_month
 from gateway.config import PlanConfig
@@ -242,3 +244,7 @@ def rate_headers(limit: int, used: int, reset_at: float) -> dict[str, str]:
         "anthropic-ratelimit-requests-remaining": remaining,
         "anthropic-ratelimit-requests-reset": reset,
     }
+
+
+LIMITS: web.AppKey[Limits | None] = web.AppKey("limits")
+"""Plan limits; None when `[server] accounting = false` (app.py: `limits`)."""

@@ -19,6 +19,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from gateway.accounting.limits import Limits
 from gateway.config import ProviderConfig
 from gateway.protocol.usage import Usage
@@ -204,3 +206,6 @@ class NoopRecorder:
     async def stop(self) -> None:
         return None
 
+
+RECORDER: web.AppKey[UsageRecorder | NoopRecorder] = web.AppKey("usage_recorder")
+"""The write-behind usage recorder (app.py: `usage_recorder`)."""

@@ -19,19 +19,25 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.accounting.keycache import KeyInfo
-from gateway.accounting.usage import UsageRecord
+from gateway.access_log import ACCESS_LOG
+from gateway.accounting.keycache import KEY_CACHE, KeyInfo, api_key_from
+from gateway.accounting.limits import LIMITS
+from gateway.accounting.usage import RECORDER, UsageRecord
+from gateway.config import CONFIG
 from gateway.errors import ApiError, invalid_request
-from gateway.ids import new_id
+from gateway.ids import REQUEST_ID, new_id
+from gateway.metrics import METRICS
 from gateway.protocol.openai_request import validate_anthropic_request
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.protocol.usage import Usage
-from gateway.providers.base import Call, Reply
+from gateway.providers.base import PROVIDERS, Call, Reply
+from gateway.relay.breaker import BREAKERS
 from gateway.relay.failover import SendFn, send_with_failover
 from gateway.relay.routing import base_model_name, plan_route
 from gateway.remote.sessions import create_session
 from gateway.remote.trigger import is_trigger, message_json, message_sse, reply_content
-from gateway.state import REQUEST_ID, STATE, GatewayState
+from gateway.store.sqlite import DATABASE
+from gateway.streams import STREAMS
 
 log = logging.getLogger("llmapi.relay")
 
@@ -40,23 +46,15 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8",
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
 
 
-def api_key_from(request: web.Request) -> str | None:
-    key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return None
-
-
 async def handle_messages(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    state = request.app[STATE]
-    key = await state.keys.authenticate(api_key_from(request))
+    app = request.app
+    config = app[CONFIG]
+    key = await app[KEY_CACHE].authenticate(api_key_from(request))
     body = parse_request(await request.read())
     estimate = estimate_input_tokens(body)
-    rate_headers = await state.limits.admit(key, estimate) if state.limits else {}
+    limits = app[LIMITS]
+    rate_headers = await limits.admit(key, estimate) if limits else {}
     call = Call(
         body=body, client_model=body["model"], upstream_model="",
         stream=body.get("stream") is True, request_id=request[REQUEST_ID],
@@ -64,12 +62,12 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
         headers={h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers},
         input_estimate=estimate,
     )
-    if state.config.remote.enabled and is_trigger(body, state.config.remote.triggers):
-        return await answer_remote_control(state, key, call, rate_headers)
-    return await relay(request, state, key, call, rate_headers, started)
+    if config.remote.enabled and is_trigger(body, config.remote.triggers):
+        return await answer_remote_control(app, key, call, rate_headers)
+    return await relay(request, key, call, rate_headers, started)
 
 
-async def relay(request: web.Request, state: GatewayState, key: KeyInfo, call: Call,
+async def relay(request: web.Request, key: KeyInfo, call: Call,
                 rate_headers: dict[str, str], started: float, ingress: str = "anthropic",
                 send: SendFn | None = None) -> web.StreamResponse:
     """route -> failover -> write the reply -> account: the flow every ingress shares.
@@ -78,12 +76,13 @@ async def relay(request: web.Request, state: GatewayState, key: KeyInfo, call: C
     provider in its own way and hand back a reply already in the client's format; the
     default is the provider's own Anthropic `send`.
     """
-    trip = Trip(state, key, call, started, ingress)
+    app = request.app
+    config = app[CONFIG]
+    trip = Trip(app, key, call, started, ingress)
     try:
-        options = plan_route(state.config.routing, state.config.providers, call.body,
-                             call.client_model)
-        served = await send_with_failover(call, options, state.providers, state.breakers,
-                                          state.config.routing, state.metrics, send)
+        options = plan_route(config.routing, config.providers, call.body, call.client_model)
+        served = await send_with_failover(call, options, app[PROVIDERS], app[BREAKERS],
+                                          config.routing, app[METRICS], send)
     except ApiError as exc:
         exc.headers.update(rate_headers)
         trip.finish("error", None, exc.error_type, exc.status)
@@ -113,8 +112,8 @@ async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[st
     response = trip.response = web.StreamResponse(
         headers={**SSE_HEADERS, **rate_headers, "request-id": trip.call.request_id})
     await response.prepare(request)
-    streams = trip.state.streams
-    streams[response] = time.monotonic()
+    streams = request.app[STREAMS]
+    streams.opened(response)
     try:
         chunks = reply.chunks()
         first = await anext(chunks, b"")
@@ -122,7 +121,7 @@ async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[st
         trip.first_byte()
         async for chunk in chunks:
             await response.write(chunk)
-            streams[response] = time.monotonic()
+            streams.wrote(response)
     except (asyncio.CancelledError, ConnectionError):
         raise  # the client went away: `finally` in handle_messages records it
     except Exception as exc:
@@ -131,17 +130,17 @@ async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[st
         if tail:
             await response.write(tail)
     finally:
-        streams.pop(response, None)
+        streams.closed(response)
     await response.write_eof()
 
 
-async def answer_remote_control(state: GatewayState, key: KeyInfo, call: Call,
+async def answer_remote_control(app: web.Application, key: KeyInfo, call: Call,
                                 rate_headers: dict[str, str]) -> web.Response:
     """"remote control" typed to Claude Code: no upstream call, a session and a Bash call
     that starts the bridge (gateway/remote/trigger.py)."""
-    session = await create_session(state.db, key.user_id, state.config.remote.session_hours)
-    content = reply_content(call.body, session, state.config.public_url,
-                            new_id("toolu"))
+    config = app[CONFIG]
+    session = await create_session(app[DATABASE], key.user_id, config.remote.session_hours)
+    content = reply_content(call.body, session, config.public_url, new_id("toolu"))
     if call.stream:
         return web.Response(body=message_sse(call.client_model, call.message_id, content),
                             headers={**SSE_HEADERS, **rate_headers})
@@ -152,12 +151,12 @@ async def answer_remote_control(state: GatewayState, key: KeyInfo, call: Call,
 class Trip:
     """Timing and bookkeeping of one request, finished exactly once."""
 
-    __slots__ = ("call", "done", "first_byte_at", "ingress", "key", "provider", "response",
-                 "started", "state")
+    __slots__ = ("app", "call", "done", "first_byte_at", "ingress", "key", "provider",
+                 "response", "started")
 
-    def __init__(self, state: GatewayState, key: KeyInfo, call: Call, started: float,
+    def __init__(self, app: web.Application, key: KeyInfo, call: Call, started: float,
                  ingress: str = "anthropic") -> None:
-        self.state = state
+        self.app = app
         self.ingress = ingress
         self.key = key
         self.call = call
@@ -175,12 +174,12 @@ class Trip:
         if self.done:
             return
         self.done = True
-        state, call, key = self.state, self.call, self.key
+        app, call, key = self.app, self.call, self.key
         end = time.perf_counter()
         duration_ms = (end - self.started) * 1000
         ttft_ms = (self.first_byte_at - self.started) * 1000 if self.first_byte_at else None
         usage = usage or Usage()
-        metrics = state.metrics
+        metrics = app[METRICS]
         model = base_model_name(call.client_model)
         metrics.requests.inc((status, model, self.provider or "none"))
         metrics.duration.observe(duration_ms, (self.provider or "none",))
@@ -189,14 +188,15 @@ class Trip:
         if call.sent_at:  # the gateway's own time before the (first) upstream request
             metrics.overhead.observe((call.sent_at - self.started) * 1000, ())
         if self.provider:
-            state.recorder.record(UsageRecord(
+            app[RECORDER].record(UsageRecord(
                 request_id=call.request_id, user_id=key.user_id, key_id=key.key_id,
                 client_model=call.client_model, provider=self.provider,
                 upstream_model=call.upstream_model, usage=usage, stream=call.stream,
                 status=status, error_type=error_type, duration_ms=duration_ms,
                 ttft_ms=ttft_ms, created_at=time.time(), ingress=self.ingress))
-        if state.access_log is not None:
-            state.access_log.write({
+        access_log = app[ACCESS_LOG]
+        if access_log is not None:
+            access_log.write({
                 "ts": round(time.time(), 3), "request_id": call.request_id,
                 "user_id": key.user_id, "key": key.prefix, "ingress": self.ingress,
                 "model": call.client_model, "provider": self.provider or None,

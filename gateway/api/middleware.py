@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.errors import ApiError, error_body
-from gateway.ids import new_id
-from gateway.state import REQUEST_ID
+from gateway.errors import ERROR_PAGE, ApiError, error_body
+from gateway.ids import REQUEST_ID, new_id
+from gateway.paths import is_api_path
 
 log = logging.getLogger("llmapi.http")
 
@@ -24,18 +23,7 @@ def _json_error(status: int, error_type: str, message: str, request_id: str,
     return response
 
 
-# --- Non-API paths (the web site) get an HTML error page instead of JSON ---
-
-API_PREFIXES = ("/v1/", "/api/")
-API_PATHS = ("/health", "/metrics", "/remote-ws")
-
-ErrorPage = Callable[[web.Request, int, str], Awaitable[web.Response]]
-ERROR_PAGE: web.AppKey[ErrorPage] = web.AppKey("error_page")
-"""Renders the site's error page (set by the site; a plain page is used without it)."""
-
-
-def is_api_path(path: str) -> bool:
-    return path.startswith(API_PREFIXES) or path in API_PATHS
+# Non-API paths (the web site) get an HTML error page instead of JSON (gateway/paths.py).
 
 
 async def _error(request: web.Request, status: int, error_type: str, message: str,

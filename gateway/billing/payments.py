@@ -30,6 +30,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from gateway.accounting.keycache import KeyCache
 from gateway.accounting.limits import Limits
@@ -391,3 +392,7 @@ class Payments:
                 await self.reconcile()
             except Exception:  # a locked database or a bug in one round: try again later
                 log.exception("payment reconciliation round failed")
+
+
+PAYMENTS = web.AppKey("payments", Payments)
+"""Orders, Alipay and the reconciler (app.py: `payments`)."""

@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aiohttp import web
+
 from gateway.config import ProviderConfig
 from gateway.protocol.usage import Usage
 
@@ -88,3 +90,7 @@ class Provider(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+PROVIDERS: web.AppKey[dict[str, Provider]] = web.AppKey("providers")
+"""One open provider (its own HTTP session) per configured name (app.py: `providers`)."""

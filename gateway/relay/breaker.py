@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from aiohttp import web
+
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}  # for the /metrics gauge
 
@@ -60,3 +62,7 @@ class Breaker:
     def release(self) -> None:
         """A probe that ended without verdict (e.g. a 4xx request error): allow another."""
         self._probe_in_flight = False
+
+
+BREAKERS: web.AppKey[dict[str, Breaker]] = web.AppKey("breakers")
+"""One circuit breaker per provider name (app.py: `providers`)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from gateway.config import ProviderConfig
 from gateway.relay.breaker import Breaker
@@ -98,3 +99,7 @@ async def cancel(task: asyncio.Task[None] | None) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+HEALTH = web.AppKey("health_checker", HealthChecker)
+"""The background provider prober (app.py: `health_checker`)."""

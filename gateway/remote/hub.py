@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from gateway.accounting.keycache import KeyCache
+from gateway.accounting.keycache import KeyCache, api_key_from
 from gateway.config import RemoteConfig
 from gateway.errors import ApiError
 from gateway.remote.sessions import (
@@ -153,8 +153,6 @@ class RemoteHub:
         return ws
 
     async def _bridge_user(self, request: web.Request) -> int:
-        from gateway.api.messages import api_key_from
-
         try:
             key = await self.keys.authenticate(api_key_from(request))
         except ApiError as exc:
@@ -316,3 +314,7 @@ class RemoteHub:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
+
+
+REMOTE_HUB = web.AppKey("remote_hub", RemoteHub)
+"""The remote-control WebSocket hub (app.py: `remote_hub`)."""

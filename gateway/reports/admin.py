@@ -11,16 +11,25 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.accounts.users import AccountError, set_plan, set_user_status
 from gateway.store.sqlite import Database
-from web.sessions import SiteUser
 
 DAY = 86400
 PAGE_SIZE = 25
 STATUSES = ("active", "pending", "suspended", "deleted")
 SETTABLE_STATUSES = ("active", "suspended")
+
+
+class Actor(Protocol):
+    """Who did something, as the audit log records it (the site's signed-in user)."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def email(self) -> str: ...
 
 
 def month_start(now: float) -> float:
@@ -110,7 +119,7 @@ async def user_row(db: Database, user_id: int) -> dict[str, Any]:
     return dict(row)
 
 
-async def audit(db: Database, actor: SiteUser | None, action: str, target: str,
+async def audit(db: Database, actor: Actor | None, action: str, target: str,
                 detail: str = "", ip: str = "") -> None:
     await db.insert("audit_insert", {
         "actor_id": actor.id if actor else None,
@@ -118,7 +127,7 @@ async def audit(db: Database, actor: SiteUser | None, action: str, target: str,
         "action": action, "target": target, "detail": detail, "ip": ip, "now": time.time()})
 
 
-async def change_status(db: Database, actor: SiteUser, user_id: int, status: str,
+async def change_status(db: Database, actor: Actor, user_id: int, status: str,
                         ip: str) -> dict[str, Any]:
     """Suspend or re-activate a user (their keys stop or start working within a second)."""
     if status not in SETTABLE_STATUSES:
@@ -135,7 +144,7 @@ async def change_status(db: Database, actor: SiteUser, user_id: int, status: str
     return await user_row(db, user_id)
 
 
-async def change_plan(db: Database, actor: SiteUser, user_id: int, plan: str,
+async def change_plan(db: Database, actor: Actor, user_id: int, plan: str,
                       ip: str) -> dict[str, Any]:
     user = await user_row(db, user_id)
     if user["status"] == "deleted":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from aiohttp import web
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
@@ -195,3 +196,7 @@ async def open_database(path: Path) -> Database:
     await db.open()
     await db.migrate()
     return db
+
+
+DATABASE = web.AppKey("database", Database)
+"""The open database (app.py: `database`)."""

@@ -52,15 +52,18 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.billing.alipay import BEIJING, beijing_timestamp, compact_json
-from gateway.billing.alipay_sign import (
+from gateway.testing.alipay_rsa import (
+    BEIJING,
+    KeyFileError,
+    beijing_timestamp,
+    compact_json,
     load_private_key,
     load_public_key,
+    parse_amount,
     sign_bytes,
     sign_content,
     verify_bytes,
 )
-from gateway.billing.payments import parse_amount
 
 log = logging.getLogger("llmapi.fake_alipay")
 
@@ -415,11 +418,9 @@ async def _serve(fake: FakeAlipay, host: str, port: int, keys_dir: Path) -> None
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 0 when stopped, 2 when a key file is unusable."""
-    from gateway.billing.alipay_sign import AlipayKeyError
-
     try:
         keys = load_or_create_keys(args.keys)
-    except (AlipayKeyError, OSError) as exc:
+    except (KeyFileError, OSError) as exc:
         print(f"fake-alipay: {args.keys}: {exc}", file=sys.stderr)
         return 2
     fake = FakeAlipay(keys, args.app_id)

@@ -10,7 +10,7 @@ import anthropic
 import pytest
 
 from gateway.accounts.users import create_key, create_user
-from tests.conftest import provider_table
+from tests.helpers.gateway import provider_table
 
 BENCH_PLAN = {"name": "bench", "monthly_tokens": 0, "rpm": 0, "rpd": 0, "max_keys": 10,
               "max_input_tokens": 0}
@@ -22,7 +22,7 @@ async def test_200_concurrent_streams_sum_exactly(gateway_factory: Any, fake_fac
     base, _ = await fake_factory()
     gw = await gateway_factory({"providers": [provider_table("fake", protocol, base)],
                                 "plans": [BENCH_PLAN], "server": {"access_log": False}})
-    db = gw.state.db
+    db = gw.db
     keys: list[tuple[str, str]] = []
     for u in range(5):
         email = f"user{u}@example.com"
@@ -43,7 +43,7 @@ async def test_200_concurrent_streams_sum_exactly(gateway_factory: Any, fake_fac
         return email, reported
 
     results = await asyncio.gather(*(one(i) for i in range(200)))
-    await gw.state.recorder.flush()
+    await gw.recorder.flush()
     by_user: dict[str, int] = {}
     for email, tokens in results:
         by_user[email] = by_user.get(email, 0) + tokens

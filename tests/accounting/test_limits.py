@@ -13,7 +13,7 @@ import pytest
 
 from gateway.accounting import usage as usage_module
 from gateway.accounts.users import create_key, create_user, set_key_rpm, set_plan
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 
 BODY = {"model": "claude-sonnet-4-6", "max_tokens": 20,
         "messages": [{"role": "user", "content": "hi"}]}
@@ -36,8 +36,8 @@ async def send(gw: Gateway, key: str, body: dict[str, Any] | None = None,
 
 
 async def user_key(gw: Gateway, email: str, plan_name: str) -> str:
-    await create_user(gw.state.db, email, plan=plan_name)
-    return (await create_key(gw.state.db, email)).raw
+    await create_user(gw.db, email, plan=plan_name)
+    return (await create_key(gw.db, email)).raw
 
 
 async def test_rpm_trips_at_exactly_the_limit(gateway_factory: Any) -> None:
@@ -63,10 +63,10 @@ async def test_rpm_trips_at_exactly_the_limit(gateway_factory: Any) -> None:
 
 async def test_key_rpm_override_applies_to_that_key_only(gateway_factory: Any) -> None:
     gw = await gateway_factory({"plans": [plan("roomy", rpm=100)]})
-    await create_user(gw.state.db, "k@example.com", plan="roomy")
-    limited = await create_key(gw.state.db, "k@example.com")
-    other = await create_key(gw.state.db, "k@example.com")
-    await set_key_rpm(gw.state.db, limited.key_id, 1)
+    await create_user(gw.db, "k@example.com", plan="roomy")
+    limited = await create_key(gw.db, "k@example.com")
+    other = await create_key(gw.db, "k@example.com")
+    await set_key_rpm(gw.db, limited.key_id, 1)
     assert (await send(gw, limited.raw))[0] == 200
     status, payload, headers = await send(gw, limited.raw)
     assert status == 429 and "for this key" in payload["error"]["message"]
@@ -95,7 +95,7 @@ async def test_monthly_quota_trips_once_tokens_reach_it(gateway_factory: Any) ->
             assert "of 100 tokens" in payload["error"]["message"]
             break
     assert statuses[-1] == 429 and statuses[:-1] == [200] * (len(statuses) - 1)
-    used = gw.state.limits._users[1].tokens_used  # the same figure the message quoted
+    used = gw.limits._users[1].tokens_used  # the same figure the message quoted
     assert used >= 100 and f"{used} of 100" in payload["error"]["message"]
 
 
@@ -115,24 +115,24 @@ async def test_plan_change_takes_effect_at_once(gateway_factory: Any) -> None:
     key = await user_key(gw, "p@example.com", "one")
     assert (await send(gw, key))[0] == 200
     assert (await send(gw, key))[0] == 429
-    await set_plan(gw.state.db, "p@example.com", "many")
-    await gw.state.keys.refresh()
+    await set_plan(gw.db, "p@example.com", "many")
+    await gw.keys.refresh()
     status, _, headers = await send(gw, key)
     assert status == 200 and headers["x-ratelimit-limit"] == "50"
 
 
 async def test_period_rollover_resets_usage(gateway_factory: Any, tmp_path: Any) -> None:
     gw = await gateway_factory({"plans": [plan("small", monthly_tokens=100)]})
-    await create_user(gw.state.db, "o@example.com", plan="small")
-    key = (await create_key(gw.state.db, "o@example.com")).raw
+    await create_user(gw.db, "o@example.com", plan="small")
+    key = (await create_key(gw.db, "o@example.com")).raw
     past = time.time() - 40 * 86_400
-    with sqlite3.connect(gw.state.db.path) as conn:  # a period that ended long ago, used up
+    with sqlite3.connect(gw.db.path) as conn:  # a period that ended long ago, used up
         conn.execute("UPDATE subscriptions SET period_start = ?, period_end = ?,"
                      " tokens_used = 100", (past, past + 30 * 86_400))
     status, payload, _ = await send(gw, key)
     assert status == 200, payload
-    await gw.state.recorder.flush()
-    with sqlite3.connect(gw.state.db.path) as conn:
+    await gw.recorder.flush()
+    with sqlite3.connect(gw.db.path) as conn:
         start, end, used = conn.execute(
             "SELECT period_start, period_end, tokens_used FROM subscriptions").fetchone()
         row_tokens = conn.execute(
@@ -149,8 +149,8 @@ async def test_clean_shutdown_with_full_queue_loses_no_row(
     key = await user_key(gw, "s@example.com", "bulk")
     for _ in range(40):
         assert (await send(gw, key))[0] == 200
-    assert gw.state.recorder.pending == 40
-    path = gw.state.db.path
+    assert gw.recorder.pending == 40
+    path = gw.db.path
     await gw.server.close()  # runs the app's cleanup: the recorder drains
     with sqlite3.connect(path) as conn:
         rows, tokens = conn.execute(

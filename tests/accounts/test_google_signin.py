@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.accounts.google import GoogleSignInError, GoogleVerifier
 from gateway.config import GoogleConfig
-from tests.conftest import GatewayFactory
+from tests.helpers.gateway import GatewayFactory
 from tests.helpers.site import SiteClient
 
 CLIENT_ID = "test-client.apps.googleusercontent.com"
@@ -150,7 +150,7 @@ async def test_sign_in_flow_through_the_site(gateway_factory: GatewayFactory,
         query = parse_qs(target.query)
         assert target.netloc == "accounts.example" and query["client_id"] == [CLIENT_ID]
         assert query["response_mode"] == ["form_post"]
-        assert query["redirect_uri"] == [gw.state.config.public_url + "/login/google/callback"]
+        assert query["redirect_uri"] == [gw.config.public_url + "/login/google/callback"]
         state, nonce = query["state"][0], query["nonce"][0]
         token = google.token(nonce=nonce)
 
@@ -168,7 +168,7 @@ async def test_sign_in_flow_through_the_site(gateway_factory: GatewayFactory,
         assert status == 303 and headers["Location"] == "/settings"
         status, text, _ = await browser.get("/settings")
         assert status == 200 and "googler@example.com" in text
-        user = await gw.state.db.fetch_one("user_by_email", {"email": "googler@example.com"})
+        user = await gw.db.fetch_one("user_by_email", {"email": "googler@example.com"})
         assert user["email_verified"] == 1 and user["password_hash"] == ""
 
         # a forged token posted to the callback never gets a ticket

@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 
 
 async def post(gw: Gateway, path: str, body: bytes | None, headers: dict[str, str] | None = None,
@@ -53,8 +53,8 @@ async def test_suspended_user_is_permission_error(gateway: Gateway) -> None:
     from gateway.accounts.users import set_user_status
 
     key = await gateway.new_key("sus@example.com")
-    await set_user_status(gateway.state.db, "sus@example.com", "suspended")
-    await gateway.state.keys.refresh()
+    await set_user_status(gateway.db, "sus@example.com", "suspended")
+    await gateway.keys.refresh()
     status, payload, _ = await post(gateway, "/v1/messages", GOOD, {"x-api-key": key})
     assert_error(status, payload, 403, "permission_error")
 
@@ -107,7 +107,7 @@ async def test_unexpected_failure_is_api_error_with_request_id_and_no_trace(
     async def explode(call: Any) -> Any:
         raise RuntimeError("secret internal detail")
 
-    gateway.state.providers["demo"].send = explode
+    gateway.providers["demo"].send = explode
     status, payload, headers = await post(gateway, "/v1/messages", GOOD, {"x-api-key": key})
     message = assert_error(status, payload, 500, "api_error")
     assert headers["request-id"] in message

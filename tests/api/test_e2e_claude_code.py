@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import parse_config
-from tests.conftest import ROOT
 from tests.e2e import claude_code_e2e as e2e
+from tests.helpers.gateway import ROOT
 
 SCRIPT = ROOT / "tests" / "e2e" / "claude_code_e2e.py"
 REAL_CLI = os.environ.get("LLMAPI_E2E") == "1"

@@ -11,7 +11,7 @@ import aiohttp
 import anthropic
 import pytest
 
-from tests.conftest import fake_stats, provider_table
+from tests.helpers.gateway import fake_stats, provider_table
 
 PROTOCOLS = ["openai", "anthropic"]
 PNG = base64.b64encode(bytes.fromhex(
@@ -107,8 +107,8 @@ async def test_no_usage_is_estimated(relay: dict[str, Any]) -> None:
 async def test_mid_stream_break_becomes_error_event(relay: dict[str, Any]) -> None:
     with pytest.raises(anthropic.APIError):
         await stream(relay["sdk"], **ask('[[fake:{"break_after":2,"chunks":6}]]'))
-    await relay["gw"].state.recorder.flush()
-    with sqlite3.connect(relay["gw"].state.db.path) as conn:
+    await relay["gw"].recorder.flush()
+    with sqlite3.connect(relay["gw"].db.path) as conn:
         assert conn.execute("SELECT status FROM usage_logs").fetchall() == [("error",)]
 
 
@@ -217,8 +217,8 @@ async def test_count_tokens(relay: dict[str, Any]) -> None:
 
 async def test_usage_row_records_both_models(relay: dict[str, Any]) -> None:
     await stream(relay["sdk"], **ask('[[fake:{"chunks":3}]]'))
-    await relay["gw"].state.recorder.flush()
-    with sqlite3.connect(relay["gw"].state.db.path) as conn:
+    await relay["gw"].recorder.flush()
+    with sqlite3.connect(relay["gw"].db.path) as conn:
         conn.row_factory = sqlite3.Row
         row = conn.execute("SELECT * FROM usage_logs").fetchone()
     assert row["client_model"] == "claude-sonnet-4-6" and row["upstream_model"] == "fake-model"

@@ -8,7 +8,7 @@ import time
 import anthropic
 import pytest
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 
 
 def client(gw: Gateway, key: str) -> anthropic.AsyncAnthropic:
@@ -68,7 +68,7 @@ async def test_revoked_key_is_refused_within_a_second(gateway: Gateway) -> None:
     sdk = client(gateway, key)
     await sdk.messages.create(model="claude-haiku-4-5", max_tokens=10,
                               messages=[{"role": "user", "content": "hi"}])
-    await revoke_key(gateway.state.db, key[:18])
+    await revoke_key(gateway.db, key[:18])
     revoked_at = time.monotonic()
     while True:
         try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import free_port, run_cli, wait_for_port
+from tests.helpers.gateway import free_port, run_cli, wait_for_port
 from tests.helpers.site import PASSWORD, SiteClient
 
 

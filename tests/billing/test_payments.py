@@ -80,7 +80,7 @@ async def test_full_purchase_upgrades_plan_and_raises_quota_at_once(shop: Shop) 
         key = await shop.gw.new_key("buyer@example.com")
         status, _ = await call_messages(shop.gw, key)
         assert status == 200
-        shop.gw.state.limits.add_tokens(uid, 50_000)  # the free plan's month is used up
+        shop.gw.limits.add_tokens(uid, 50_000)  # the free plan's month is used up
         status, payload = await call_messages(shop.gw, key)
         assert status == 429 and "monthly token quota" in payload["error"]["message"]
 
@@ -105,7 +105,7 @@ async def test_full_purchase_upgrades_plan_and_raises_quota_at_once(shop: Shop) 
         assert sub["plan"] == "starter"
         assert sub["period_start"] == order["paid_at"]
         assert sub["paid_until"] == sub["period_end"] == add_month(order["paid_at"])
-        quota = await shop.gw.state.limits.quota(uid)
+        quota = await shop.gw.limits.quota(uid)
         assert quota.period_start == order["paid_at"] and quota.tokens_used < 1000
 
         status, fragment, _ = await client.get(f"/billing/orders/{no}/status",
@@ -395,7 +395,7 @@ async def test_paid_plan_falls_back_to_free_when_paid_time_ends(shop: Shop) -> N
         assert counts["expired"] == 1
         sub = await shop.subscription(uid)
         assert sub["plan"] == "free" and sub["paid_until"] is None
-        info = await shop.gw.state.keys.authenticate(key)
+        info = await shop.gw.keys.authenticate(key)
         assert info.plan == "free"  # the key cache saw it at once
     finally:
         await client.close()

@@ -28,7 +28,7 @@ from playwright.async_api import (
 from gateway.accounts.users import create_key
 from gateway.app import build_app
 from gateway.testing.usage_seed import SyntheticRequest, insert_synthetic_usage
-from tests.conftest import ROOT, Gateway, make_config
+from tests.helpers.gateway import ROOT, Gateway, make_config
 from tests.helpers.site import PASSWORD, call_messages, code_from_outbox, make_user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -150,8 +150,8 @@ async def test_sign_up_create_and_copy_a_key_and_see_the_chart(browser: Browser,
 
         status, _ = await call_messages(site, raw_key)
         assert status == 200
-        user = await site.state.db.fetch_one("user_by_email", {"email": "browser@example.com"})
-        await insert_synthetic_usage(site.state.db, user["id"], None, [
+        user = await site.db.fetch_one("user_by_email", {"email": "browser@example.com"})
+        await insert_synthetic_usage(site.db, user["id"], None, [
             SyntheticRequest(4000 + 900 * (d % 7), 800 + 150 * (d % 5), days_ago=d + 0.2)
             for d in range(1, 29)])
         await page.reload()
@@ -194,7 +194,7 @@ async def test_admin_changes_a_users_plan_inline(browser: Browser, site: Gateway
         await row.locator("select").select_option("team")
         await expect(page.locator(f"#user-{target}")).to_contain_text("Saved")
         await htmx_settled(page)
-        sub = await site.state.db.fetch_one("subscription_by_user", {"user_id": target})
+        sub = await site.db.fetch_one("subscription_by_user", {"user_id": target})
         assert sub["plan"] == "team"
         await page.locator(f"#user-{target} button:has-text('Suspend')").click()
         await expect(page.locator(f"#user-{target}")).to_contain_text("suspended")
@@ -237,7 +237,7 @@ async def test_main_pages_render_cleanly_on_desktop_and_phone(
         browser: Browser, site: Gateway, width_name: str, viewport: ViewportSize) -> None:
     email = f"tour-{width_name}@example.com"
     await make_user(site, email, admin=True, plan="pro")
-    key = (await create_key(site.state.db, email)).raw
+    key = (await create_key(site.db, email)).raw
     await call_messages(site, key)
     context, page, watch = await new_context(browser, site, viewport)
     watch.expected_statuses.add("404")

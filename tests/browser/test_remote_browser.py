@@ -28,7 +28,7 @@ from tests.browser.test_browser import (
     new_context,
     screenshot,
 )
-from tests.conftest import Gateway, make_config
+from tests.helpers.gateway import Gateway, make_config
 from tests.helpers.site import PASSWORD, make_user
 from tests.remote.test_remote import start_bridge, stop, wait_bridge
 
@@ -46,8 +46,8 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gatewa
 
 async def user_with_session(site: Gateway, email: str) -> tuple[str, RemoteSession]:
     user_id = await make_user(site, email, plan="pro")
-    key = (await create_key(site.state.db, email)).raw
-    return key, await create_session(site.state.db, user_id, 2)
+    key = (await create_key(site.db, email)).raw
+    return key, await create_session(site.db, user_id, 2)
 
 
 async def terminal_text(page: Page) -> str:
@@ -172,7 +172,7 @@ async def test_page_opened_before_the_bridge_waits_reconnects_and_stops_when_end
         await page.press("#term-line-text", "Enter")
         await wait_for_text(page, r"(?m)^before-the-drop$")
 
-        room = site.state.remote.rooms[session.id]
+        room = site.remote.rooms[session.id]
         for viewer in list(room.viewers):  # e.g. a proxy restarting, a phone changing network
             await viewer.close(code=1012, message=b"restarting")
         await expect(status).to_have_attribute("data-state", "connected", timeout=10_000)
@@ -189,14 +189,14 @@ async def test_page_opened_before_the_bridge_waits_reconnects_and_stops_when_end
         await screenshot(page, "remote-terminal-desktop")
 
         # ended elsewhere (another tab, the sweeper): the page stops and says why
-        await site.state.remote.end(session.id, "ended by the user")
+        await site.remote.end(session.id, "ended by the user")
         await expect(status).to_have_attribute("data-state", "ended")
         await expect(status).to_contain_text("ended by the user")
         await expect(page.locator("#term-line-text")).to_be_disabled()
         await expect(page.locator(".term-end")).to_be_hidden()
         await screenshot(page, "remote-terminal-ended-desktop")
         await asyncio.sleep(1.5)  # longer than the first reconnect delays
-        assert session.id not in site.state.remote.rooms  # nobody came back
+        assert session.id not in site.remote.rooms  # nobody came back
         assert await asyncio.wait_for(bridge.wait(), 10) == 0
         watch.check()
     finally:
@@ -210,7 +210,7 @@ async def test_sessions_list_ends_a_session_in_place(
         browser: Browser, site: Gateway, width_name: str, viewport: ViewportSize) -> None:
     email = f"list-{width_name}@example.com"
     _, first = await user_with_session(site, email)
-    second = await create_session(site.state.db, first.user_id, 2)
+    second = await create_session(site.db, first.user_id, 2)
     context, page, watch = await new_context(browser, site, viewport)
     try:
         await page.goto("/login?next=/remote")
@@ -230,7 +230,7 @@ async def test_sessions_list_ends_a_session_in_place(
         await htmx_settled(page)
         assert page.url.endswith("/remote")  # swapped in place, no navigation
         await expect(page.locator("#remote-sessions .card-head")).to_contain_text("1 open")
-        row = await site.state.db.fetch_one("remote_session_by_id", {"id": second.id})
+        row = await site.db.fetch_one("remote_session_by_id", {"id": second.id})
         assert row["status"] == "ended"
         watch.check()
     finally:

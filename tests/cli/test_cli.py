@@ -8,7 +8,7 @@ from pathlib import Path
 
 import anthropic
 
-from tests.conftest import free_port, run_cli, wait_for_port
+from tests.helpers.gateway import free_port, run_cli, wait_for_port
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:

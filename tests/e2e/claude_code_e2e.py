@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: make `gateway` and `tests` importable
 
 from gateway.testing.fake_upstream import WRITE_CONTENT  # noqa: E402
-from tests.conftest import free_port, wait_for_port  # noqa: E402
+from tests.helpers.gateway import free_port, wait_for_port  # noqa: E402
 
 PROTOCOLS = ("openai", "anthropic")
 NPM_PACKAGE = "@anthropic-ai/claude-code"

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import build_app
 from gateway.testing.fake_alipay import FakeAlipay, FakeTrade, KeySet
 from gateway.testing.fake_alipay import build_app as build_fake
-from tests.conftest import Gateway, free_port, make_config
+from tests.helpers.gateway import Gateway, free_port, make_config
 
 APP_ID = "2021000000000000"
 
@@ -29,11 +29,11 @@ class Shop:
 
     @property
     def db(self) -> Any:
-        return self.gw.state.db
+        return self.gw.db
 
     @property
     def payments(self) -> Any:
-        return self.gw.state.payments
+        return self.gw.payments
 
     @property
     def notify_url(self) -> str:

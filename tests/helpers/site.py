@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from gateway.accounts.users import create_user
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 
 PASSWORD = "correct horse battery staple"
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
@@ -72,7 +72,7 @@ class SiteClient:
 
 
 async def code_from_outbox(gw: Gateway, email: str) -> str:
-    row = await gw.state.db.fetch_one("mail_latest_to", {"to_addr": email})
+    row = await gw.db.fetch_one("mail_latest_to", {"to_addr": email})
     assert row is not None, f"no mail to {email}"
     found = _CODE.search(row["body_text"])
     assert found, row["body_text"]
@@ -95,7 +95,7 @@ async def register(client: SiteClient, email: str, password: str = PASSWORD,
 
 async def make_user(gw: Gateway, email: str, *, plan: str = "free", admin: bool = False,
                     password: str = PASSWORD) -> int:
-    return await create_user(gw.state.db, email, password=password, plan=plan,
+    return await create_user(gw.db, email, password=password, plan=plan,
                              is_admin=admin)
 
 

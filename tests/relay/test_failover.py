@@ -17,7 +17,7 @@ import anthropic
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import fake_stats, free_port, provider_table, wait_for_port
+from tests.helpers.gateway import fake_stats, free_port, provider_table, wait_for_port
 
 FAST = {"first_byte_timeout": 0.5, "connect_timeout": 0.5, "idle_timeout": 0.5}
 ROUTING = {"breaker_failures": 3, "breaker_cooldown": 0.5, "retry_backoff": 0.01,
@@ -133,7 +133,7 @@ async def test_breaker_opens_skips_the_provider_and_recovers_after_cooldown(
     await asyncio.sleep(0.6)  # cooldown over: one probe goes through and succeeds
     assert (await post(gw, key))[0] == 200
     assert (await fake_stats(a))["total_requests"] == 4
-    assert gw.state.breakers["a"].state == "closed"
+    assert gw.breakers["a"].state == "closed"
     assert (await post(gw, key))[0] == 200
     assert served_by(await fake_stats(a)) == 2  # back in front
 
@@ -215,8 +215,8 @@ async def test_client_disconnect_closes_upstream_and_records_usage(
         await asyncio.sleep(0.005)
     await session.close()
     for _ in range(50):
-        await gw.state.recorder.flush()
-        with sqlite3.connect(gw.state.db.path) as conn:
+        await gw.recorder.flush()
+        with sqlite3.connect(gw.db.path) as conn:
             rows = conn.execute("SELECT status, output_tokens FROM usage_logs").fetchall()
         if rows:
             break
@@ -259,7 +259,7 @@ def test_sigterm_during_stream_lets_it_finish_and_exits_0(tmp_path: Path, spawn:
         f'base_url = "http://127.0.0.1:{fake_port}/v1"\n'
         f'[providers.models]\ndefault = "fake-model"\n')
     env = {"LLMAPI_CONFIG": str(config)}
-    from tests.conftest import run_cli
+    from tests.helpers.gateway import run_cli
 
     assert run_cli("users", "add", "t@example.com", "--plan", "team", env=env).returncode == 0
     key = run_cli("keys", "add", "t@example.com", env=env).stdout.strip()
@@ -288,17 +288,15 @@ async def test_access_log_is_one_json_line_without_prompt_or_key(
 
     import orjson
 
-    from gateway.access_log import AccessLog
-
     base, _ = await fake_factory()
     gw = await gateway_factory({"providers": [provider_table("a", "openai", base)]})
     sink = io.BytesIO()
-    gw.state.access_log = AccessLog(stream=sink)
+    gw.access_log.stream = sink  # the running log, writing into this test's buffer
     key = await gw.new_key(plan="team")
     secret_prompt = "my-private-prompt-text " + '[[fake:{"chunks":3}]]'
     body = {**BODY, "stream": True, "messages": [{"role": "user", "content": secret_prompt}]}
     assert (await post(gw, key, body))[0] == 200
-    gw.state.access_log.flush()
+    gw.access_log.flush()
     lines = sink.getvalue().splitlines()
     assert len(lines) == 1
     record = orjson.loads(lines[0])

@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestServer
 from gateway.accounts.users import create_key, create_user
 from gateway.app import build_app
 from gateway.remote.sessions import create_session
-from tests.conftest import ROOT, Gateway, make_config
+from tests.helpers.gateway import ROOT, Gateway, make_config
 
 PASSWORD = "correct horse battery staple"
 BASH = {"name": "Bash", "description": "Run a shell command",
@@ -28,8 +28,8 @@ BASH = {"name": "Bash", "description": "Run a shell command",
 
 
 async def make_user(gw: Gateway, email: str) -> tuple[int, str]:
-    user_id = await create_user(gw.state.db, email, password=PASSWORD, plan="team")
-    return user_id, (await create_key(gw.state.db, email)).raw
+    user_id = await create_user(gw.db, email, password=PASSWORD, plan="team")
+    return user_id, (await create_key(gw.db, email)).raw
 
 
 async def browser(gw: Gateway, email: str | None) -> aiohttp.ClientSession:
@@ -94,7 +94,7 @@ async def test_trigger_phrase_answers_with_a_bash_call_the_sdk_accepts(gateway: 
     assert "--key-env ANTHROPIC_API_KEY" in command and key not in command
     session_id = command.split("--session ")[1].split()[0]
     assert f"/remote/{session_id}" in text.text
-    row = await gateway.state.db.fetch_one("remote_session_by_id", {"id": session_id})
+    row = await gateway.db.fetch_one("remote_session_by_id", {"id": session_id})
     assert row["user_id"] == user_id and row["status"] == "waiting"
     assert 7100 < row["expires_at"] - row["created_at"] <= 7200
 
@@ -127,7 +127,7 @@ async def test_other_text_goes_upstream(gateway: Gateway, text: str) -> None:
     reply = await sdk.messages.create(model="claude-sonnet-4-6", max_tokens=100, tools=[BASH],
                                       messages=[{"role": "user", "content": text}])
     assert "demo provider" in reply.content[0].text  # the (demo) upstream answered
-    rows = await gateway.state.db.fetch_all("remote_sessions_of_user",
+    rows = await gateway.db.fetch_all("remote_sessions_of_user",
                                             {"user_id": 1, "limit": 5})
     assert rows == []
 
@@ -156,7 +156,7 @@ async def handshake_status(coro: Any) -> int:
 async def test_only_the_owner_gets_in(gateway: Gateway) -> None:
     owner_id, owner_key = await make_user(gateway, "owner@example.com")
     _, other_key = await make_user(gateway, "other@example.com")
-    session = await create_session(gateway.state.db, owner_id, 2)
+    session = await create_session(gateway.db, owner_id, 2)
     owner = await browser(gateway, "owner@example.com")
     other = await browser(gateway, "other@example.com")
     anonymous = await browser(gateway, None)
@@ -186,16 +186,16 @@ async def test_only_the_owner_gets_in(gateway: Gateway) -> None:
 
 async def test_expired_session_is_refused_and_connections_closed(gateway: Gateway) -> None:
     owner_id, owner_key = await make_user(gateway, "exp@example.com")
-    session = await create_session(gateway.state.db, owner_id, 2)
+    session = await create_session(gateway.db, owner_id, 2)
     client = await browser(gateway, "exp@example.com")
     try:
         bridge = await client.ws_connect(ws_url(gateway, session.id, "bridge"),
                                          headers={"x-api-key": owner_key})
-        db = gateway.state.db
+        db = gateway.db
         async with db.transaction():  # the gateway's own connection: no lock contention
             await db.conn.execute("UPDATE remote_sessions SET expires_at = ? WHERE id = ?",
                                   (time.time() - 1, session.id))
-        await gateway.state.remote.sweep()
+        await gateway.remote.sweep()
         closed = await bridge.receive(timeout=5)
         while closed.type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
             closed = await bridge.receive(timeout=5)
@@ -203,10 +203,10 @@ async def test_expired_session_is_refused_and_connections_closed(gateway: Gatewa
         assert await handshake_status(client.ws_connect(
             ws_url(gateway, session.id, "bridge"), headers={"x-api-key": owner_key})) == 410
         assert await handshake_status(viewer(client, gateway, session.id)) == 410
-        row = await gateway.state.db.fetch_one("remote_session_by_id", {"id": session.id})
+        row = await gateway.db.fetch_one("remote_session_by_id", {"id": session.id})
         assert row["status"] == "expired" and row["end_reason"] == "expired"
         for _ in range(100):  # the hub records the end as its handler finishes
-            connections = await gateway.state.db.fetch_all("remote_connections_of_session",
+            connections = await gateway.db.fetch_all("remote_connections_of_session",
                                                            {"session_id": session.id})
             if connections[0]["ended_at"] is not None:
                 break
@@ -221,7 +221,7 @@ async def test_oversized_and_too_fast_messages_close_the_connection(
     gw = await gateway_factory({"remote": {"max_message_bytes": 4096,
                                            "messages_per_second": 5}})
     owner_id, _ = await make_user(gw, "big@example.com")
-    session = await create_session(gw.state.db, owner_id, 2)
+    session = await create_session(gw.db, owner_id, 2)
     client = await browser(gw, "big@example.com")
     try:
         ws = await viewer(client, gw, session.id)
@@ -286,7 +286,7 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
 
 async def wait_bridge(gw: Gateway, session_id: str, proc: asyncio.subprocess.Process) -> None:
     for _ in range(200):
-        room = gw.state.remote.rooms.get(session_id)
+        room = gw.remote.rooms.get(session_id)
         if room is not None and room.bridge is not None:
             return
         if proc.returncode is not None:
@@ -299,7 +299,7 @@ async def wait_bridge(gw: Gateway, session_id: str, proc: asyncio.subprocess.Pro
 async def test_phone_types_into_a_real_shell_and_sees_the_output(live: dict[str, Any]) -> None:
     gw = await live["start"]()
     owner_id, key = await make_user(gw, "pty@example.com")
-    session = await create_session(gw.state.db, owner_id, 2)
+    session = await create_session(gw.db, owner_id, 2)
     proc = await start_bridge(gw, session.id, key)
     client = await browser(gw, "pty@example.com")
     try:
@@ -318,7 +318,7 @@ async def test_phone_types_into_a_real_shell_and_sees_the_output(live: dict[str,
         # the terminal exits: the session ends and the bridge process exits
         await send_input(phone, "exit\n")
         assert await asyncio.wait_for(proc.wait(), 10) == 0
-        row = await gw.state.db.fetch_one("remote_session_by_id", {"id": session.id})
+        row = await gw.db.fetch_one("remote_session_by_id", {"id": session.id})
         assert row["status"] == "ended" and row["end_reason"] == "the terminal exited"
     finally:
         await client.close()
@@ -328,7 +328,7 @@ async def test_phone_types_into_a_real_shell_and_sees_the_output(live: dict[str,
 async def test_bridge_reconnects_after_the_hub_restarts(live: dict[str, Any]) -> None:
     gw = await live["start"]()
     owner_id, key = await make_user(gw, "re@example.com")
-    session = await create_session(gw.state.db, owner_id, 2)
+    session = await create_session(gw.db, owner_id, 2)
     proc = await start_bridge(gw, session.id, key)
     try:
         await wait_bridge(gw, session.id, proc)
@@ -341,7 +341,7 @@ async def test_bridge_reconnects_after_the_hub_restarts(live: dict[str, Any]) ->
             await send_input(phone, "echo back-again\n")
             await read_output(phone, b"back-again")
             # the owner ends the session: the bridge exits
-            await gw.state.remote.end(session.id, "ended by the user")
+            await gw.remote.end(session.id, "ended by the user")
             assert await asyncio.wait_for(proc.wait(), 10) == 0
         finally:
             await client.close()

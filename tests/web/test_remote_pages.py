@@ -13,7 +13,7 @@ import orjson
 
 from gateway.accounts.users import create_key
 from gateway.remote.sessions import RemoteSession, create_session, end_session
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tests.helpers.site import SiteClient, make_user, signed_in
 from tests.remote.test_remote import start_bridge, stop, wait_bridge
 from tests.web.test_site_pages import validate, wrap
@@ -21,15 +21,15 @@ from web.site import CONTENT_SECURITY_POLICY
 
 
 async def session_of(gw: Gateway, email: str, *, ended: str = "") -> RemoteSession:
-    user = await gw.state.db.fetch_one("user_by_email", {"email": email})
-    session = await create_session(gw.state.db, user["id"], 2)
+    user = await gw.db.fetch_one("user_by_email", {"email": email})
+    session = await create_session(gw.db, user["id"], 2)
     if ended:
-        await end_session(gw.state.db, session.id, ended)
+        await end_session(gw.db, session.id, ended)
     return session
 
 
 async def status_of(gw: Gateway, session_id: str) -> tuple[str, str | None]:
-    row = await gw.state.db.fetch_one("remote_session_by_id", {"id": session_id})
+    row = await gw.db.fetch_one("remote_session_by_id", {"id": session_id})
     return row["status"], row["end_reason"]
 
 
@@ -119,7 +119,7 @@ async def test_a_session_that_is_over_shows_why_instead_of_a_terminal(
         assert status == 200
         assert "This session is over" in page and "ended by the user" in page
         assert 'id="terminal"' not in page and "xterm.js" not in page
-        db = gateway.state.db
+        db = gateway.db
         late = await session_of(gateway, "owner@example.com")
         async with db.transaction():  # past its expiry, not yet swept
             await db.conn.execute("UPDATE remote_sessions SET expires_at = ? WHERE id = ?",
@@ -146,7 +146,7 @@ async def test_ending_needs_the_csrf_token(gateway: Gateway) -> None:
 
 async def test_ending_a_session_closes_the_bridge_and_the_viewers(gateway: Gateway) -> None:
     owner = await signed_in(gateway, "owner@example.com", plan="pro")
-    key = (await create_key(gateway.state.db, "owner@example.com")).raw
+    key = (await create_key(gateway.db, "owner@example.com")).raw
     session = await session_of(gateway, "owner@example.com")
     bridge = await start_bridge(gateway, session.id, key)
     try:

@@ -7,7 +7,7 @@ import stat
 import time
 
 from gateway.accounts import codes as email_codes
-from tests.conftest import Gateway, GatewayFactory
+from tests.helpers.gateway import Gateway, GatewayFactory
 from tests.helpers.site import (
     PASSWORD,
     SiteClient,
@@ -26,10 +26,10 @@ async def test_register_with_code_from_outbox_then_dashboard(gateway: Gateway) -
         status, text, _ = await client.get("/dashboard")
         assert status == 200
         assert "Signed in as Ada" in text and "Plan: Free" in text
-        user = await gateway.state.db.fetch_one("user_by_email",
+        user = await gateway.db.fetch_one("user_by_email",
                                                 {"email": "new.user@example.com"})
         assert user["email_verified"] == 1 and user["status"] == "active"
-        mail = await gateway.state.db.fetch_one("mail_latest_to",
+        mail = await gateway.db.fetch_one("mail_latest_to",
                                                 {"to_addr": "new.user@example.com"})
         assert mail["status"] == "outbox" and "/register/verify" in mail["body_text"]
     finally:
@@ -43,7 +43,7 @@ async def test_code_is_stored_hashed_and_survives_a_restart(
     await client.get("/register")
     await client.post("/register", {"email": "restart@example.com", "password": PASSWORD})
     code = await code_from_outbox(first, "restart@example.com")
-    row = await first.state.db.fetch_one("code_latest_active",
+    row = await first.db.fetch_one("code_latest_active",
                                          {"email": "restart@example.com",
                                           "purpose": "register"})
     assert code not in row["code_hash"] and row["code_hash"].startswith("scrypt$")
@@ -76,7 +76,7 @@ async def test_wrong_codes_are_limited_then_a_new_code_works(gateway: Gateway) -
         status, text, _ = await client.post("/register/verify", {"code": code})
         assert status == 422 and "too many wrong codes" in text
         # a fresh code (the resend pause is over) replaces the locked one
-        await gateway.state.db.conn.execute(
+        await gateway.db.conn.execute(
             "UPDATE email_codes SET created_at = created_at - 120")
         status, _, headers = await client.post("/register/resend")
         assert status == 303
@@ -93,7 +93,7 @@ async def test_expired_code_is_refused(gateway: Gateway) -> None:
         await client.get("/register")
         await client.post("/register", {"email": "late@example.com", "password": PASSWORD})
         code = await code_from_outbox(gateway, "late@example.com")
-        await gateway.state.db.conn.execute(
+        await gateway.db.conn.execute(
             "UPDATE email_codes SET expires_at = ? WHERE email = ?",
             (time.time() - 1, "late@example.com"))
         status, text, _ = await client.post("/register/verify", {"code": code})
@@ -111,10 +111,10 @@ async def test_registering_a_taken_address_reveals_nothing_and_mails_the_owner(
         status, _, headers = await client.post("/register", {
             "email": "taken@example.com", "password": "another password 1"})
         assert status == 303 and headers["Location"] == "/register/verify"
-        mail = await gateway.state.db.fetch_one("mail_latest_to",
+        mail = await gateway.db.fetch_one("mail_latest_to",
                                                 {"to_addr": "taken@example.com"})
         assert "already" in mail["body_text"]
-        user = await gateway.state.db.fetch_one("user_by_email",
+        user = await gateway.db.fetch_one("user_by_email",
                                                 {"email": "taken@example.com"})
         from gateway.accounts.users import verify_password
         assert verify_password(PASSWORD, user["password_hash"])  # unchanged
@@ -309,9 +309,9 @@ async def test_delete_account_needs_the_email_typed_and_revokes_keys(gateway: Ga
         status, _, headers = await client.post("/settings/delete",
                                                {"confirm_email": "leaving@example.com"})
         assert status == 303 and headers["Location"] == "/"
-        assert await gateway.state.db.fetch_one(
+        assert await gateway.db.fetch_one(
             "user_by_email", {"email": "leaving@example.com"}) is None
-        row = await gateway.state.db.fetch_one("keys_by_prefix", {"prefix": payload["prefix"]})
+        row = await gateway.db.fetch_one("keys_by_prefix", {"prefix": payload["prefix"]})
         assert row["revoked_at"] is not None and row["email"].endswith("@deleted.invalid")
         status, _, _ = await client.get("/dashboard")
         assert status == 302
@@ -343,7 +343,7 @@ async def test_unverified_login_goes_to_the_code_page(gateway: Gateway) -> None:
 async def test_session_secret_is_generated_once_with_private_permissions(
         gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory()
-    path = gw.state.config.data_dir / SECRET_FILE
+    path = gw.config.data_dir / SECRET_FILE
     mode = stat.S_IMODE(os.stat(path).st_mode)
     assert mode == 0o600
     first = path.read_bytes()

@@ -7,7 +7,7 @@ import time
 
 from gateway.accounts.users import create_key
 from gateway.testing.usage_seed import SyntheticRequest, insert_synthetic_usage
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tests.helpers.site import SiteClient, call_messages, make_user, signed_in
 
 ADMIN_PAGES = ("/admin", "/admin/users", "/admin/costs", "/admin/outbox", "/admin/audit",
@@ -31,7 +31,7 @@ async def test_non_admin_gets_403_on_every_admin_page_and_endpoint(gateway: Gate
         status, payload = await client.json("PATCH", f"/api/admin/users/{victim}",
                                             {"status": "suspended"})
         assert status == 403
-        row = await gateway.state.db.fetch_one("user_by_id", {"id": victim})
+        row = await gateway.db.fetch_one("user_by_id", {"id": victim})
         assert row["status"] == "active"
     finally:
         await client.close()
@@ -40,7 +40,7 @@ async def test_non_admin_gets_403_on_every_admin_page_and_endpoint(gateway: Gate
 async def test_admin_suspends_user_and_their_key_stops_within_a_second(gateway: Gateway) -> None:
     admin = await signed_in(gateway, "root@example.com", admin=True)
     user_id = await make_user(gateway, "user@example.com", plan="pro")
-    key = (await create_key(gateway.state.db, "user@example.com")).raw
+    key = (await create_key(gateway.db, "user@example.com")).raw
     try:
         status, _ = await call_messages(gateway, key)
         assert status == 200
@@ -82,7 +82,7 @@ async def test_admin_changes_plan_inline_and_it_is_audited(gateway: Gateway) -> 
         status, text, _ = await admin.post(f"/admin/users/{user_id}/plan", {"plan": "team"},
                                            headers={"HX-Request": "true"})
         assert status == 200 and 'value="team" selected' in text and "Saved" in text
-        sub = await gateway.state.db.fetch_one("subscription_by_user", {"user_id": user_id})
+        sub = await gateway.db.fetch_one("subscription_by_user", {"user_id": user_id})
         assert sub["plan"] == "team"
         status, text, _ = await admin.post(f"/admin/users/{user_id}/plan",
                                            {"plan": "no-such-plan"},
@@ -137,7 +137,7 @@ async def test_overview_stats_costs_and_health(gateway: Gateway) -> None:
     admin = await signed_in(gateway, "chief@example.com", admin=True)
     try:
         user_id = await make_user(gateway, "spender@example.com", plan="pro")
-        await insert_synthetic_usage(gateway.state.db, user_id, None, [
+        await insert_synthetic_usage(gateway.db, user_id, None, [
             SyntheticRequest(1000, 200, days_ago=0, provider="dashscope", cost=0.5),
             SyntheticRequest(1000, 200, days_ago=1, provider="deepseek", cost=0.25),
             SyntheticRequest(1000, 200, days_ago=2, provider="dashscope", cost=1.0,

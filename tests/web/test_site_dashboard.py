@@ -7,7 +7,7 @@ import re
 import time
 
 from gateway.testing.usage_seed import SyntheticRequest, insert_synthetic_usage
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tests.helpers.site import SiteClient, call_messages, signed_in
 
 _KEY = re.compile(r'id="new-key-value"[^>]*value="(sk-llmapi-[^"]+)"')
@@ -25,7 +25,7 @@ async def create_key_via_form(client: SiteClient, name: str) -> str:
 async def wait_for_usage_rows(gw: Gateway, user_id: int, count: int) -> None:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        row = await gw.state.db.fetch_one("dash_requests_since",
+        row = await gw.db.fetch_one("dash_requests_since",
                                           {"user_id": user_id, "since": 0})
         if row["requests"] >= count:
             return
@@ -34,7 +34,7 @@ async def wait_for_usage_rows(gw: Gateway, user_id: int, count: int) -> None:
 
 
 async def user_id_of(gw: Gateway, email: str) -> int:
-    row = await gw.state.db.fetch_one("user_by_email", {"email": email})
+    row = await gw.db.fetch_one("user_by_email", {"email": email})
     return int(row["id"])
 
 
@@ -81,7 +81,7 @@ async def test_usage_chart_and_figures_from_usage_rows(gateway: Gateway) -> None
     try:
         user_id = await user_id_of(gateway, "chart@example.com")
         # Synthetic history (the recorder only writes what happens from now on).
-        await insert_synthetic_usage(gateway.state.db, user_id, None, [
+        await insert_synthetic_usage(gateway.db, user_id, None, [
             SyntheticRequest(input_tokens=1000, output_tokens=500, days_ago=d + 0.01,
                              ttft_ms=300, tokens_per_second=50)
             for d in range(0, 30, 3)
@@ -160,7 +160,7 @@ async def test_orders_page_lists_the_users_orders(gateway: Gateway) -> None:
         status, text, _ = await client.get("/orders")
         assert status == 200 and "no orders yet" in text
         user_id = await user_id_of(gateway, "orders@example.com")
-        await gateway.state.db.conn.execute(
+        await gateway.db.conn.execute(
             "INSERT INTO orders (out_trade_no, user_id, plan, amount, subject, status,"
             " created_at, paid_at, updated_at) VALUES (?, ?, 'pro', '29', 'Pro', 'paid', ?, ?, ?)",
             ("T20251120001", user_id, time.time(), time.time(), time.time()))

@@ -12,7 +12,7 @@ import pytest
 from gateway.accounts.mail import Mailer
 from gateway.config import MailConfig
 from gateway.store.sqlite import Database, open_database
-from tests.conftest import free_port
+from tests.helpers.gateway import free_port
 from web.site import TEMPLATES_DIR
 
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.app import build_app
 from gateway.testing.usage_seed import SyntheticRequest, insert_synthetic_usage
-from tests.conftest import Gateway, GatewayFactory, make_config
+from tests.helpers.gateway import Gateway, GatewayFactory, make_config
 from tests.helpers.site import SiteClient, signed_in
 from web.blog import BlogError, load_post
 
@@ -38,11 +38,11 @@ async def test_every_public_page_has_title_description_and_canonical(
         description = re.search(r'<meta name="description" content="([^"]+)">', text)
         assert description and len(description.group(1)) > 30
         canonical = re.search(r'<link rel="canonical" href="([^"]+)">', text)
-        assert canonical and canonical.group(1) == gateway.state.config.public_url + path
+        assert canonical and canonical.group(1) == gateway.config.public_url + path
         assert "default-src 'self'" in headers["Content-Security-Policy"]
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert not re.search(r'(src|href)="(https?:)?//', text.replace(
-            gateway.state.config.public_url, "")), "a resource from another host"
+            gateway.config.public_url, "")), "a resource from another host"
     finally:
         await client.close()
 
@@ -101,7 +101,7 @@ async def test_sitemap_and_robots(gateway: Gateway) -> None:
     client = SiteClient(gateway)
     try:
         status, text, headers = await client.get("/sitemap.xml")
-        base = gateway.state.config.public_url
+        base = gateway.config.public_url
         assert status == 200 and headers["Content-Type"].startswith("application/xml")
         for path in ("/", "/pricing", "/docs", "/blog", "/blog/claude-code-on-qwen"):
             assert f"<loc>{base}{path}</loc>" in text
@@ -154,7 +154,7 @@ async def test_every_page_and_fragment_passes_the_html_validator(
             pages[path] = (await visitor.get(path))[1]
         status, payload = await admin.json("POST", "/api/dashboard/keys", {"name": "v"})
         user = await admin.json("GET", "/api/auth/me")
-        await insert_synthetic_usage(gateway.state.db, user[1]["id"], payload["id"], [
+        await insert_synthetic_usage(gateway.db, user[1]["id"], payload["id"], [
             SyntheticRequest(1200, 300, days_ago=d) for d in (0, 1, 5)])
         for path in ("/dashboard", "/settings", "/orders", "/admin", "/admin/users",
                      "/admin/costs", "/admin/outbox", "/admin/audit"):

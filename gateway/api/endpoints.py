@@ -1,0 +1,77 @@
+"""The API's small endpoints beside the hot path: count_tokens, models, health, metrics,
+the remote-control WebSocket, and the one table mounting every API route."""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway import paths
+from gateway.accounting.keycache import KEY_CACHE, api_key_from
+from gateway.api.messages import FORWARDED_HEADERS, handle_messages, parse_request
+from gateway.config import CONFIG
+from gateway.ids import REQUEST_ID
+from gateway.metrics import METRICS
+from gateway.protocol.token_estimate import estimate_input_tokens
+from gateway.providers.base import PROVIDERS, Call
+from gateway.relay.routing import listed_models, plan_route
+from gateway.remote.hub import REMOTE_HUB
+from gateway.reports.health import health_snapshot
+
+
+def add_api_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post(paths.MESSAGES, handle_messages)
+    r.add_post(paths.COUNT_TOKENS, handle_count_tokens)
+    r.add_get(paths.MODELS, handle_models)
+    r.add_get(paths.HEALTH, handle_health)
+    r.add_get(paths.METRICS, handle_metrics)
+    r.add_get(paths.REMOTE_WS, handle_remote_ws)
+
+
+async def handle_count_tokens(request: web.Request) -> web.Response:
+    """The first routed provider's own count when it offers one, else our estimate
+    (method and measured error: gateway/protocol/token_estimate.py)."""
+    app = request.app
+    await app[KEY_CACHE].authenticate(api_key_from(request))
+    body = parse_request(await request.read(), count_only=True)
+    config = app[CONFIG]
+    count: int | None = None
+    for option in plan_route(config.routing, config.providers, body, body["model"])[:1]:
+        call = Call(body=body, client_model=body["model"], upstream_model=option.upstream_model,
+                    stream=False, request_id=request[REQUEST_ID], message_id="",
+                    headers={h: request.headers[h] for h in FORWARDED_HEADERS
+                             if h in request.headers})
+        count = await app[PROVIDERS][option.provider.name].count_tokens(call)
+    if count is None:
+        count = estimate_input_tokens(body)
+    return web.Response(body=orjson.dumps({"input_tokens": count}),
+                        content_type="application/json")
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    await request.app[KEY_CACHE].authenticate(api_key_from(request))
+    names = listed_models(request.app[CONFIG].providers)
+    created = "2025-01-01T00:00:00Z"
+    data = [{"type": "model", "id": n, "display_name": n, "created_at": created} for n in names]
+    return web.json_response({
+        "data": data, "has_more": False,
+        "first_id": names[0] if names else None, "last_id": names[-1] if names else None,
+    })
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    snapshot = health_snapshot(request.app)
+    return web.json_response(snapshot, status=200 if snapshot["status"] == "ok" else 503)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[METRICS].render(),
+                        content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def handle_remote_ws(request: web.Request) -> web.StreamResponse:
+    if not request.app[CONFIG].remote.enabled:
+        raise web.HTTPNotFound(text="remote control is disabled")
+    return await request.app[REMOTE_HUB].handle(request)
