@@ -22,7 +22,60 @@ from aiohttp import web
 T = TypeVar("T")
 
 PROTOCOLS = ("openai", "anthropic", "demo")
-REASONING_STYLES = ("dashscope", "deepseek", "openai")
+REASONING_STYLES = ("dashscope", "deepseek", "kimi", "glm", "openai", "openrouter")
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """What a `preset = "..."` provider starts from; every key stays overridable.
+
+    Base URLs, reasoning styles and limits are the vendors' documented ones (docs/vendors.md
+    names the page for each)."""
+
+    base_urls: Mapping[str, str]          # protocol -> base URL
+    protocol: str = "openai"
+    reasoning: str | None = None
+    models: Mapping[str, str] = field(default_factory=dict)
+    max_output_tokens: Mapping[str, int] = field(default_factory=dict)
+    send_top_k: bool = False
+    send_files: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    # api-docs.deepseek.com: OpenAI format at https://api.deepseek.com, Anthropic format at
+    # /anthropic; thinking on by default, switched by `thinking: {type}`.
+    "deepseek": Preset({"openai": "https://api.deepseek.com",
+                        "anthropic": "https://api.deepseek.com/anthropic"},
+                       reasoning="deepseek", models={"default": "deepseek-chat"},
+                       max_output_tokens={"deepseek-chat": 8192, "deepseek-reasoner": 65536}),
+    # Alibaba Model Studio: compatible-mode/v1 (OpenAI), apps/anthropic (Claude Code).
+    "dashscope": Preset({"openai": "https://dashscope.aliyuncs.com/compatible-mode/v1",
+                         "anthropic": "https://dashscope.aliyuncs.com/apps/anthropic"},
+                        reasoning="dashscope", models={"default": "qwen3-coder-plus"},
+                        max_output_tokens={"default": 65536}, send_top_k=True),
+    # platform.moonshot.ai: /v1 (OpenAI) and /anthropic.
+    "kimi": Preset({"openai": "https://api.moonshot.ai/v1",
+                    "anthropic": "https://api.moonshot.ai/anthropic"},
+                   reasoning="kimi", models={"default": "kimi-k2.6"},
+                   max_output_tokens={"default": 32768}),
+    # docs.z.ai / open.bigmodel.cn: api/paas/v4 (OpenAI) and api/anthropic.
+    "glm": Preset({"openai": "https://open.bigmodel.cn/api/paas/v4",
+                   "anthropic": "https://open.bigmodel.cn/api/anthropic"},
+                  reasoning="glm", models={"default": "glm-5.1"},
+                  max_output_tokens={"default": 32768}),
+    # openrouter.ai/docs: /api/v1/chat/completions and /api/v1/messages.
+    "openrouter": Preset({"openai": "https://openrouter.ai/api/v1",
+                          "anthropic": "https://openrouter.ai/api"},
+                         reasoning="openrouter", send_files=True),
+    # vLLM's OpenAI-compatible server (vllm serve), default port 8000.
+    "vllm": Preset({"openai": "http://127.0.0.1:8000/v1"}, send_top_k=True),
+    # Ollama: /v1 is OpenAI-compatible; /v1/messages Anthropic-compatible; port 11434.
+    "ollama": Preset({"openai": "http://127.0.0.1:11434/v1",
+                      "anthropic": "http://127.0.0.1:11434"}),
+    # OpenAI: reasoning models take max_completion_tokens and reasoning_effort.
+    "openai": Preset({"openai": "https://api.openai.com/v1"}, reasoning="openai",
+                     send_files=True),
+}
 
 
 class ConfigError(Exception):
@@ -70,11 +123,14 @@ class ProviderConfig:
     connect_timeout: float = 10.0
     first_byte_timeout: float = 120.0
     idle_timeout: float = 120.0
+    queue_timeout: float = 300.0
     models: Mapping[str, str] = field(default_factory=dict)
     max_output_tokens: Mapping[str, int] = field(default_factory=dict)
     reasoning: str | None = None
     reasoning_model: str | None = None
     send_top_k: bool = False
+    send_files: bool = False
+    preset: str = ""
     inject_cache_control: bool = False
     normalize_prompt_cache: bool = False
     count_tokens: bool = False
@@ -329,10 +385,18 @@ def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
     name = r.get("name", str, "")
     if not _NAME.match(name):
         raise r.error("name", "must be a lower-case name like \"dashscope\"")
-    protocol = r.get("protocol", str, "openai")
+    preset_name = r.get("preset", str, "")
+    if preset_name and preset_name not in PRESETS:
+        raise r.error("preset", f"must be one of {', '.join(PRESETS)}, got {preset_name!r}")
+    preset = PRESETS.get(preset_name) or Preset({})
+    protocol = r.get("protocol", str, preset.protocol)
     if protocol not in PROTOCOLS:
         raise r.error("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
-    base_url = r.get("base_url", str, "").rstrip("/")
+    if preset_name and protocol != "demo" and protocol not in preset.base_urls \
+            and "base_url" not in r.table:
+        raise r.error("protocol", f"preset {preset_name!r} has no {protocol} endpoint; "
+                      f"use {' or '.join(preset.base_urls)}, or set base_url")
+    base_url = r.get("base_url", str, preset.base_urls.get(protocol, "")).rstrip("/")
     if protocol != "demo" and not base_url.startswith(("http://", "https://")):
         raise r.error("base_url", "must be an http:// or https:// URL")
     env_key = f"LLMAPI_PROVIDER_{name.upper().replace('-', '_')}_API_KEY"
@@ -340,12 +404,13 @@ def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
     r.seen.add("api_key")
 
     models_r = r.sub("models")
-    models = {k: models_r.get(k, str, "") for k in models_r.table}
+    models = {k: models_r.get(k, str, "") for k in models_r.table} or dict(preset.models)
     for k, v in models.items():
         if not v:
             raise models_r.error(k, "must be a non-empty upstream model name")
     limits_r = r.sub("max_output_tokens")
-    limits = {k: limits_r.positive(k, int, 1) for k in limits_r.table}
+    limits = {**preset.max_output_tokens,
+              **{k: limits_r.positive(k, int, 1) for k in limits_r.table}}
 
     pricing_r = r.sub("pricing")
     pricing: dict[str, ModelPrice] = {}
@@ -358,7 +423,7 @@ def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
         )
         p.finish()
 
-    reasoning = r.get("reasoning", str, "") or None
+    reasoning = r.get("reasoning", str, preset.reasoning or "") or None
     if reasoning is not None and reasoning not in REASONING_STYLES:
         raise r.error("reasoning", f"must be one of {', '.join(REASONING_STYLES)}")
     d = ProviderConfig(name=name, protocol=protocol)
@@ -373,11 +438,14 @@ def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
         first_byte_timeout=r.positive("first_byte_timeout", float,
                                       min(d.first_byte_timeout, timeout)),
         idle_timeout=r.positive("idle_timeout", float, min(d.idle_timeout, timeout)),
+        queue_timeout=r.positive("queue_timeout", float, min(d.queue_timeout, timeout)),
         models=models or {"default": "default"} if protocol == "demo" else models,
         max_output_tokens=limits,
         reasoning=reasoning,
         reasoning_model=r.get("reasoning_model", str, "") or None,
-        send_top_k=r.get("send_top_k", bool, False),
+        send_top_k=r.get("send_top_k", bool, preset.send_top_k),
+        send_files=r.get("send_files", bool, preset.send_files),
+        preset=preset_name,
         inject_cache_control=r.get("inject_cache_control", bool, False),
         normalize_prompt_cache=r.get("normalize_prompt_cache", bool, False),
         count_tokens=r.get("count_tokens", bool, protocol == "anthropic"),

@@ -22,8 +22,22 @@ STATUS_OF: dict[str, int] = {
 }
 
 
+# Statuses a retry of the same request can fix: the Anthropic SDKs (and so Claude Code)
+# retry 408, 409, 429 and 5xx by default. Every other error gets `x-should-retry: false`,
+# which the SDKs obey: a wrong key then fails at once instead of after minutes of retries.
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+
+
+def should_retry(status: int) -> bool:
+    return status in RETRYABLE_STATUSES or status >= 500
+
+
 class ApiError(Exception):
-    """An error to send to the client as `{"type":"error","error":{...}}` with its status."""
+    """An error to send to the client as `{"type":"error","error":{...}}` with its status.
+
+    `headers` always says `x-should-retry: false` for an error a retry cannot fix (any 4xx
+    but 408/409/429); a 5xx that is just as final (refused upstream credentials) passes it
+    explicitly."""
 
     def __init__(self, error_type: str, message: str, status: int | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -32,6 +46,8 @@ class ApiError(Exception):
         self.message = message
         self.status = status if status is not None else STATUS_OF.get(error_type, 500)
         self.headers = headers or {}
+        if not should_retry(self.status):
+            self.headers.setdefault("x-should-retry", "false")
 
     def body(self) -> bytes:
         return error_body(self.error_type, self.message)

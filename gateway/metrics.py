@@ -94,6 +94,17 @@ class Histogram:
             yield f"{self.name}_sum{_labels(self.label_names, labels)} {_num(series[-1])}"
 
 
+# Content the gateway could not pass on as sent (a PDF as a file part, as extracted text, or
+# only a placeholder): process-wide, because the pure converters in gateway/protocol count it.
+CONTENT_DOWNGRADED = Counter("llmapi_content_downgraded",
+                             "Content blocks sent in another form than the client's",
+                             ("kind", "how"))
+# Upstream finish reasons that do not mean a complete answer (or that are unknown).
+INCOMPLETE_FINISH = Counter("llmapi_incomplete_finish",
+                            "Answers ended by a finish_reason that is not a normal end",
+                            ("finish_reason",))
+
+
 class Metrics:
     """Every metric the gateway exports."""
 
@@ -121,7 +132,7 @@ class Metrics:
         lines: list[str] = []
         metrics: list[Counter | Histogram | Gauge] = [
             self.requests, self.attempts, self.failures, self.ttft, self.duration,
-            self.overhead, *self.extra]
+            self.overhead, CONTENT_DOWNGRADED, INCOMPLETE_FINISH, *self.extra]
         for metric in metrics:
             lines.extend(metric.render())
         return "\n".join(lines) + "\n"

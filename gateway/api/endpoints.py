@@ -10,6 +10,7 @@ from gateway import paths
 from gateway.accounting.keycache import KEY_CACHE, api_key_from
 from gateway.api.messages import FORWARDED_HEADERS, handle_messages, parse_request
 from gateway.config import CONFIG
+from gateway.errors import ApiError
 from gateway.ids import REQUEST_ID
 from gateway.metrics import METRICS
 from gateway.protocol.token_estimate import estimate_input_tokens
@@ -24,6 +25,7 @@ def add_api_routes(app: web.Application) -> None:
     r.add_post(paths.MESSAGES, handle_messages)
     r.add_post(paths.COUNT_TOKENS, handle_count_tokens)
     r.add_get(paths.MODELS, handle_models)
+    r.add_get(paths.MODELS + "/{model_id}", handle_model)
     r.add_get(paths.HEALTH, handle_health)
     r.add_get(paths.METRICS, handle_metrics)
     r.add_get(paths.REMOTE_WS, handle_remote_ws)
@@ -49,11 +51,28 @@ async def handle_count_tokens(request: web.Request) -> web.Response:
                         content_type="application/json")
 
 
+MODEL_CREATED = "2025-01-01T00:00:00Z"
+
+
+def model_object(name: str) -> dict[str, str]:
+    return {"type": "model", "id": name, "display_name": name, "created_at": MODEL_CREATED}
+
+
+async def handle_model(request: web.Request) -> web.Response:
+    """`GET /v1/models/{id}` (Anthropic API; the SDK's `models.retrieve`): any model name
+    some provider serves, listed or not (routing also matches family words and `default`)."""
+    await request.app[KEY_CACHE].authenticate(api_key_from(request))
+    config = request.app[CONFIG]
+    name = request.match_info["model_id"]
+    if not plan_route(config.routing, config.providers, {"messages": []}, name):
+        raise ApiError("not_found_error", f"model: {name}")
+    return web.json_response(model_object(name))
+
+
 async def handle_models(request: web.Request) -> web.Response:
     await request.app[KEY_CACHE].authenticate(api_key_from(request))
     names = listed_models(request.app[CONFIG].providers)
-    created = "2025-01-01T00:00:00Z"
-    data = [{"type": "model", "id": n, "display_name": n, "created_at": created} for n in names]
+    data = [model_object(n) for n in names]
     return web.json_response({
         "data": data, "has_more": False,
         "first_id": names[0] if names else None, "last_id": names[-1] if names else None,

@@ -17,7 +17,23 @@ from typing import Any
 
 import orjson
 
-__all__ = ["OpenAIOptions", "to_openai_request", "validate_anthropic_request"]
+from gateway.protocol.documents import document_parts
+from gateway.protocol.tool_ids import upstream_tool_id
+
+__all__ = ["OpenAIOptions", "effective_model", "thinking_state", "to_openai_request",
+           "validate_anthropic_request"]
+
+# Reasoning styles (`reasoning = "..."` of a provider) and what each one does:
+#   dashscope   `enable_thinking` + `thinking_budget`; thinking only in streams.
+#   deepseek    `thinking: {type}`; thinking is on by default, so "disabled" is sent
+#               explicitly; prior `reasoning_content` goes back on tool-call turns; an
+#               optional `reasoning_model` replaces the model while thinking.
+#   kimi, glm   the same `thinking: {type}` switch and `reasoning_content` round trip.
+#   openai      `reasoning_effort` and `max_completion_tokens` (o-series, gpt-5: `max_tokens`
+#               is a 400 there); temperature/top_p are not sent while reasoning.
+#   openrouter  `reasoning: {max_tokens | effort}`.
+REPLAY_STYLES = frozenset({"deepseek", "kimi", "glm"})
+THINKING_SWITCH_STYLES = frozenset({"deepseek", "kimi", "glm"})
 
 @dataclass(frozen=True, slots=True)
 class OpenAIOptions:
@@ -35,6 +51,8 @@ class OpenAIOptions:
     """`top_k` is not standard OpenAI; only some upstreams (DashScope, vLLM) accept it."""
     send_user: bool = False
     """Forward `metadata.user_id` as `user`."""
+    send_files: bool = False
+    """The upstream takes OpenAI `file` content parts (PDFs); otherwise their text is sent."""
 
 
 # Text of the tool message sent for a tool call that the history never answered (see
@@ -73,7 +91,9 @@ def to_openai_request(
 ) -> dict[str, Any]:
     """Build the Chat Completions body for `body`, a request already accepted by
     `validate_anthropic_request`. The input is not modified; blocks are read, never copied."""
-    converter = _Converter()
+    thinking = thinking_state(body)
+    replay = options.reasoning in REPLAY_STYLES and thinking != "disabled"
+    converter = _Converter(replay, options.send_files)
     converter.add_system(body.get("system"))
     for message in body["messages"]:
         converter.add_message(message)
@@ -84,14 +104,20 @@ def to_openai_request(
     if system_text:
         messages.insert(0, {"role": "system", "content": system_text})
 
-    out: dict[str, Any] = {"model": upstream_model, "messages": messages}
+    out: dict[str, Any] = {"model": effective_model(body, upstream_model, options),
+                           "messages": messages}
+    openai_reasoning = options.reasoning == "openai"
 
     max_tokens = body.get("max_tokens")
     if isinstance(max_tokens, int) and not isinstance(max_tokens, bool):
         limit = options.max_output_tokens
-        out["max_tokens"] = min(max_tokens, limit) if limit is not None else max_tokens
+        clamped = min(max_tokens, limit) if limit is not None else max_tokens
+        # OpenAI's reasoning models: "Unsupported parameter: 'max_tokens' is not supported
+        # with this model. Use 'max_completion_tokens' instead."; every current OpenAI
+        # model takes max_completion_tokens, so that style always sends it.
+        out["max_completion_tokens" if openai_reasoning else "max_tokens"] = clamped
 
-    for name in ("temperature", "top_p"):
+    for name in () if openai_reasoning and thinking != "disabled" else ("temperature", "top_p"):
         value = body.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[name] = value
@@ -125,9 +151,11 @@ def to_openai_request(
 class _Converter:
     """Walks the Anthropic history once, emitting OpenAI messages in upstream-legal order."""
 
-    __slots__ = ("messages", "pending_tool_ids", "system_parts")
+    __slots__ = ("messages", "pending_tool_ids", "replay", "send_files", "system_parts")
 
-    def __init__(self) -> None:
+    def __init__(self, replay: bool = False, send_files: bool = False) -> None:
+        self.replay = replay  # send prior thinking back as `reasoning_content`
+        self.send_files = send_files
         self.messages: list[dict[str, Any]] = []
         self.system_parts: list[str] = []
         # Ids of the last assistant turn's tool calls that still need a `tool` message.
@@ -172,6 +200,7 @@ class _Converter:
 
     def _add_assistant(self, content: Any) -> None:
         texts: list[str] = []
+        thoughts: list[str] = []
         tool_calls: list[dict[str, Any]] = []
         if isinstance(content, str):
             if content:
@@ -187,9 +216,14 @@ class _Converter:
                         texts.append(text)
                 elif kind == "tool_use":
                     tool_calls.append(_tool_call(block))
-                # thinking / redacted_thinking: the signatures mean nothing to another vendor
-                # and no OpenAI-compatible upstream takes them back. server_tool_use and
-                # *_tool_result blocks belong to Anthropic server tools, which are not offered.
+                elif kind == "thinking":
+                    thought = block.get("thinking")
+                    if isinstance(thought, str) and thought:
+                        thoughts.append(thought)
+                # thinking goes back only to vendors that ask for it (`replay`); its
+                # signature and redacted_thinking mean nothing to another vendor.
+                # server_tool_use and *_tool_result blocks belong to Anthropic server tools,
+                # which are not offered.
         if not texts and not tool_calls:
             # e.g. a turn holding only thinking. Skipping it before touching pending tool
             # calls keeps a following tool_result attached to the turn that made the calls.
@@ -201,6 +235,13 @@ class _Converter:
             # next to tool_calls, and some upstreams reject a null content.
             out["tool_calls"] = tool_calls
             self.pending_tool_ids = [call["id"] for call in tool_calls]
+            if self.replay:
+                # DeepSeek: "For turns that do perform tool calls, the reasoning_content must
+                # be fully passed back to the API in all subsequent requests" (400 "Missing
+                # `reasoning_content` field" otherwise; https://api-docs.deepseek.com/guides/
+                # thinking_mode#tool-calls). Kimi and GLM ask the same. The field must be
+                # present even when the turn had no thinking, so "" then.
+                out["reasoning_content"] = "\n\n".join(thoughts)
         self.messages.append(out)
 
     def _add_user(self, content: Any) -> None:
@@ -226,8 +267,8 @@ class _Converter:
                 if part is not None:
                     parts.append(part)
             elif kind == "tool_result":
-                tool_id = block.get("tool_use_id")
-                text, images = _tool_result_content(block)
+                tool_id = upstream_tool_id(str(block.get("tool_use_id") or ""))
+                text, images = _tool_result_content(block, self.send_files)
                 if tool_id in self.pending_tool_ids and tool_id not in results:
                     if images:
                         # Tool messages are text only (pitfall 8): the image goes into the
@@ -243,9 +284,7 @@ class _Converter:
                     parts.append({"type": "text", "text": f"{label}\n{text}" if text else label})
                 parts.extend(images)
             elif kind == "document":
-                text = _document_text(block)
-                if text:
-                    parts.append({"type": "text", "text": text})
+                parts.extend(document_parts(block, self.send_files))
             # Other block types (search_result, container_upload, ...) have no OpenAI form.
 
         # Tool messages in the order of the calls, all before the user's own content.
@@ -272,7 +311,7 @@ def _compact_parts(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
 def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
     tool_input = block.get("input")
     return {
-        "id": block.get("id") or "",
+        "id": upstream_tool_id(str(block.get("id") or "")),
         "type": "function",
         "function": {
             "name": block.get("name") or "",
@@ -310,7 +349,8 @@ def _image_part(block: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _tool_result_content(block: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+def _tool_result_content(block: dict[str, Any],
+                         send_files: bool = False) -> tuple[str, list[dict[str, Any]]]:
     """The text of a tool_result (error-marked if `is_error`) and its images as OpenAI parts."""
     content = block.get("content")
     images: list[dict[str, Any]] = []
@@ -331,26 +371,15 @@ def _tool_result_content(block: dict[str, Any]) -> tuple[str, list[dict[str, Any
                 if part is not None:
                     images.append(part)
             elif kind == "document":
-                doc_text = _document_text(item)
-                if doc_text:
-                    texts.append(doc_text)
+                # A tool message holds text only, so a PDF from the Read tool is sent as
+                # its text (or a visible placeholder), never as a file part.
+                texts.extend(p["text"] for p in document_parts(item, False))
         text = "\n\n".join(texts)
     else:
         text = ""
     if block.get("is_error") is True:
         text = TOOL_ERROR_PREFIX + text
     return text, images
-
-
-def _document_text(block: dict[str, Any]) -> str:
-    """Plain-text documents become text; PDFs and other binary sources cannot be sent."""
-    source = block.get("source")
-    if isinstance(source, dict) and source.get("type") == "text":
-        data = source.get("data")
-        if isinstance(data, str):
-            title = block.get("title")
-            return f"{title}\n\n{data}" if isinstance(title, str) and title else data
-    return ""
 
 
 def _add_tools(out: dict[str, Any], body: dict[str, Any]) -> None:
@@ -397,15 +426,40 @@ def _add_tools(out: dict[str, Any], body: dict[str, Any]) -> None:
         out["parallel_tool_calls"] = False
 
 
+def thinking_state(body: dict[str, Any]) -> str:
+    """"enabled" (also adaptive and newer types), "disabled" or "unset" for a request."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict):
+        return "unset"
+    return "disabled" if thinking.get("type") == "disabled" else "enabled"
+
+
+def effective_model(body: dict[str, Any], upstream_model: str, options: OpenAIOptions) -> str:
+    """The upstream model the request really goes to: the reasoning model while thinking
+    (it is the model of record for clamping, pricing and the usage row)."""
+    if options.reasoning_model and thinking_state(body) == "enabled":
+        return options.reasoning_model
+    return upstream_model
+
+
 def _add_reasoning(out: dict[str, Any], body: dict[str, Any], options: OpenAIOptions) -> None:
     style = options.reasoning
     if style is None:
         return
-    thinking = body.get("thinking")
-    if not isinstance(thinking, dict):
+    state = thinking_state(body)
+    if style in THINKING_SWITCH_STYLES:
+        # Thinking is on by default there (DeepSeek: "Thinking mode is enabled by default";
+        # Kimi K2.5, GLM-4.7+ the same), so a client that turns it off must say so upstream.
+        if state != "unset":
+            out["thinking"] = {"type": state}
+        if state != "disabled" or style == "glm":
+            _thinking_tool_choice(out)
         return
+    if state == "unset":
+        return
+    thinking = body["thinking"]
     kind = thinking.get("type")
-    enabled = kind in ("enabled", "adaptive")
+    enabled = state == "enabled"
     budget = thinking.get("budget_tokens")
     if not isinstance(budget, int) or isinstance(budget, bool) or budget <= 0:
         budget = None
@@ -419,13 +473,31 @@ def _add_reasoning(out: dict[str, Any], body: dict[str, Any], options: OpenAIOpt
             out["enable_thinking"] = True
             if budget is not None:
                 out["thinking_budget"] = budget
+            # "The tool_choice parameter does not support being set to required or object
+            # in thinking mode" (400; QwenLM/qwen-code#7659): auto is the closest legal ask.
+            if out.get("tool_choice") not in (None, "auto", "none"):
+                out["tool_choice"] = "auto"
         elif kind == "disabled":
             out["enable_thinking"] = False
-    elif style == "deepseek":
-        if enabled and options.reasoning_model:
-            out["model"] = options.reasoning_model
     elif style == "openai" and enabled:
         out["reasoning_effort"] = _reasoning_effort(budget, body.get("output_config"))
+    elif style == "openrouter":
+        # https://openrouter.ai/docs/use-cases/reasoning-tokens: one of effort / max_tokens.
+        if not enabled:
+            out["reasoning"] = {"effort": "none"}
+        elif budget is not None:
+            out["reasoning"] = {"max_tokens": budget}
+        else:
+            out["reasoning"] = {"effort": _reasoning_effort(None, body.get("output_config"))}
+
+
+def _thinking_tool_choice(out: dict[str, Any]) -> None:
+    """Forced tool choices are a 400 while thinking: DeepSeek "Thinking mode does not
+    support this tool_choice" (cloudwego/eino#994), Kimi "tool_choice 'required' is
+    incompatible with thinking enabled" (AstrBotDevs/AstrBot#7825); GLM takes only auto
+    (java.agentscope.io GLM notes). auto is the closest legal ask."""
+    if out.get("tool_choice") not in (None, "auto", "none"):
+        out["tool_choice"] = "auto"
 
 
 def _reasoning_effort(budget: int | None, output_config: Any) -> str:

@@ -15,18 +15,78 @@ Otherwise "end_turn", even if a stop sequence may have matched.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
 
+from gateway.metrics import INCOMPLETE_FINISH
+from gateway.protocol.tool_ids import client_tool_id, id_salt
 from gateway.protocol.usage import Usage
 
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "FinishFailure",
     "anthropic_error_from_openai",
+    "error_from_payload",
+    "finish_outcome",
     "parse_tool_arguments",
     "to_anthropic_message",
     "usage_from_openai",
 ]
+
+# finish_reason -> stop_reason for every reason that means the answer ended as it should.
+STOP_REASONS: dict[str, str] = {
+    "stop": "end_turn",
+    "eos": "end_turn",            # some llama.cpp / TGI builds
+    "end_turn": "end_turn",
+    "length": "max_tokens",
+    "max_tokens": "max_tokens",
+    "model_length": "max_tokens",  # GLM: the context window ran out
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "tool_use": "tool_use",
+    "content_filter": "refusal",
+    "sensitive": "refusal",        # GLM's content filter
+}
+# Reasons that say the answer is cut off: never shown as a complete answer.
+# DeepSeek: "insufficient_system_resource: the request is interrupted due to insufficient
+# resource of the inference system" (api-docs.deepseek.com, create chat completion).
+# GLM: "network_error"; vLLM: "abort"; OpenRouter: "error" (with an error event).
+FAILED_FINISH: dict[str, tuple[str, str]] = {
+    "insufficient_system_resource": ("overloaded_error", "the upstream ran out of capacity "
+                                     "mid-answer (finish_reason insufficient_system_resource)"),
+    "network_error": ("api_error", "the upstream lost its connection mid-answer "
+                                   "(finish_reason network_error)"),
+    "abort": ("api_error", "the upstream aborted the answer (finish_reason abort)"),
+    "error": ("api_error", "the upstream failed mid-answer (finish_reason error)"),
+}
+
+
+class FinishFailure(Exception):
+    """A non-stream answer whose finish_reason says it is incomplete."""
+
+    def __init__(self, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+
+
+def finish_outcome(finish_reason: str) -> str | tuple[str, str]:
+    """The Anthropic stop_reason for an upstream finish_reason, or (error_type, message)
+    when the answer must not be presented as complete. An unknown reason counts as
+    incomplete: the gateway cannot tell the client that the answer ended well."""
+    stop = STOP_REASONS.get(finish_reason)
+    if stop is not None:
+        return stop
+    INCOMPLETE_FINISH.inc((finish_reason[:40],))
+    failed = FAILED_FINISH.get(finish_reason)
+    if failed is not None:
+        return failed
+    log.warning("unknown upstream finish_reason %r", finish_reason)
+    return ("api_error", f"the upstream ended with an unknown finish_reason "
+                         f"{finish_reason[:40]!r}; the answer may be incomplete")
 
 _ERROR_MESSAGE_LIMIT = 500
 CREDENTIALS_REFUSED = "the gateway's credentials for this provider were refused by the upstream"
@@ -70,9 +130,13 @@ def to_anthropic_message(
     tool_blocks = _tool_use_blocks(message, message_id)
     content.extend(tool_blocks)
 
-    if finish_reason == "length":
+    outcome = finish_outcome(finish_reason) if isinstance(finish_reason, str) and \
+        finish_reason else "end_turn"
+    if isinstance(outcome, tuple):
+        raise FinishFailure(*outcome)
+    if outcome == "max_tokens":
         stop_reason = "max_tokens"
-    elif finish_reason == "content_filter":
+    elif outcome == "refusal":
         stop_reason = "refusal"
     elif tool_blocks:
         # Some upstreams finish tool calls with "stop"; Claude Code only runs tools on tool_use.
@@ -83,7 +147,9 @@ def to_anthropic_message(
         # "stop", a "tool_calls" finish without any call, or a missing/unknown reason.
         stop_reason = "end_turn"
 
-    usage = usage_from_openai(body.get("usage"))
+    usage = usage_from_openai(body.get("usage") or choice.get("usage"))
+    if usage is not None and usage.estimated:
+        usage.output_tokens = _estimate_output_tokens(content)
     if usage is None:
         usage = Usage(output_tokens=_estimate_output_tokens(content), estimated=True)
 
@@ -108,9 +174,12 @@ def to_anthropic_message(
 def usage_from_openai(raw: Any) -> Usage | None:
     """Anthropic-style usage from an OpenAI `usage` object; None if there is none.
 
-    Cached prompt tokens come from `prompt_tokens_details.cached_tokens`, else DeepSeek's
-    `prompt_cache_hit_tokens`; they are taken out of `input_tokens` because Anthropic's input
-    excludes cache reads. DashScope's explicit cache also reports the tokens it wrote.
+    The one conversion used for streams and non-stream bodies alike. Cached prompt tokens
+    come from `prompt_tokens_details.cached_tokens`, else DeepSeek's
+    `prompt_cache_hit_tokens`, else Moonshot/Kimi's top-level `cached_tokens`; they are
+    taken out of `input_tokens` because Anthropic's input excludes cache reads (and the
+    cache writes DashScope's explicit cache reports). `estimated` is set when the upstream
+    gave no `completion_tokens` (the caller fills in its own estimate).
     """
     if not isinstance(raw, dict):
         return None
@@ -124,6 +193,8 @@ def usage_from_openai(raw: Any) -> Usage | None:
         created = _int(details.get("cache_creation_input_tokens"))
     if not cached:
         cached = _int(raw.get("prompt_cache_hit_tokens"))
+    if not cached:
+        cached = _int(raw.get("cached_tokens"))
     cached = min(cached, prompt)
     created = min(created, prompt - cached)
     thinking = 0
@@ -136,6 +207,7 @@ def usage_from_openai(raw: Any) -> Usage | None:
         cache_read_input_tokens=cached,
         cache_creation_input_tokens=created,
         thinking_tokens=thinking,
+        estimated=not isinstance(raw.get("completion_tokens"), int),
     )
 
 
@@ -179,6 +251,7 @@ def _tool_use_blocks(message: dict[str, Any], message_id: str) -> list[dict[str,
     if not calls and isinstance(legacy, dict):
         calls = [{"function": legacy}]
     blocks: list[dict[str, Any]] = []
+    salt = id_salt(message_id)
     for i, call in enumerate(calls):
         if not isinstance(call, dict):
             continue
@@ -188,12 +261,14 @@ def _tool_use_blocks(message: dict[str, Any], message_id: str) -> list[dict[str,
         call_id = call.get("id")
         if not isinstance(call_id, str) or not call_id:
             # The id is only for pairing with its tool_result; it just has to be unique.
-            call_id = f"toolu_{message_id.removeprefix('msg_')}_{i}"
+            call_id = f"call_{message_id.removeprefix('msg_')}_{i}"
         name = function.get("name")
         blocks.append(
             {
                 "type": "tool_use",
-                "id": call_id,
+                # Never the upstream's id itself: Kimi's `functions.Read:0` repeats across
+                # turns (gateway/protocol/tool_ids.py).
+                "id": client_tool_id(call_id, salt),
                 "name": name if isinstance(name, str) else "",
                 "input": parse_tool_arguments(function.get("arguments")),
             }
@@ -241,32 +316,66 @@ def _estimate_output_tokens(content: list[dict[str, Any]]) -> int:
 def anthropic_error_from_openai(status: int, body: bytes) -> tuple[int, str, str]:
     """(status for the client, Anthropic error type, message) for an upstream error reply.
 
-    Claude Code retries 429, 529 and 5xx, so every upstream overload or outage becomes 529.
-    Problems with the gateway's own upstream account (a refused key, 402 no balance, odd
-    statuses) are 502 api_error: the client can do nothing about them.
+    The upstream's own wording is always passed on (except for refused credentials, whose
+    bodies can echo part of the key). Claude Code retries 429, 529 and 5xx, so 529 is said
+    only for a real overload or outage (500/502/503/504/529). Problems with the gateway's
+    own upstream account (a refused key, 402 no balance) are 502 api_error, which the
+    relay marks as not worth a client retry.
     """
-    if status in (400, 404, 422):
-        message = _upstream_message(body) or f"the upstream rejected the request (HTTP {status})"
-        return 400, "invalid_request_error", message
+    detail = _upstream_message(body)
+    if status in (400, 404, 409, 422):
+        return 400, "invalid_request_error", \
+            detail or f"the upstream rejected the request (HTTP {status})"
     if status in (401, 403):
-        # Nothing from the body: key errors often echo part of the key.
         return 502, "api_error", CREDENTIALS_REFUSED
+    if status == 402:
+        return 502, "api_error", "the gateway's account at the upstream cannot pay for this " \
+            f"request (HTTP 402){': ' + detail if detail else ''}"
     if status == 413:
-        message = _upstream_message(body) or "the request is too large for the upstream model"
-        return 413, "request_too_large", message
+        return 413, "request_too_large", \
+            detail or "the request is too large for the upstream model"
     if status == 429:
-        message = _upstream_message(body) or "the upstream provider is rate limiting requests"
-        return 429, "rate_limit_error", message
+        return 429, "rate_limit_error", \
+            detail or "the upstream provider is rate limiting requests"
     if status in (500, 502, 503, 504, 529):
-        return 529, "overloaded_error", f"the upstream provider is unavailable (HTTP {status})"
-    return 502, "api_error", f"unexpected upstream response (HTTP {status})"
+        return 529, "overloaded_error", \
+            f"the upstream provider is unavailable (HTTP {status}){': ' + detail if detail else ''}"
+    return 502, "api_error", \
+        f"unexpected upstream response (HTTP {status}){': ' + detail if detail else ''}"
+
+
+def error_from_payload(payload: Any) -> tuple[int, str, str, bool]:
+    """(client status, error type, message, retryable) for an error sent inside an HTTP 200
+    body or stream event (OpenRouter: "any error occurred while the LLM is producing the
+    output will be emitted in the response body or as an SSE data event",
+    https://openrouter.ai/docs/api/errors; its `error.code` is an HTTP status)."""
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    code: Any = error.get("code") if isinstance(error, dict) else None
+    status = code if isinstance(code, int) and 400 <= code <= 599 else None
+    if status is None and isinstance(code, str) and code.isdigit():
+        status = int(code)
+    if status is None:
+        text = str(error).lower()
+        overloaded = any(h in text for h in ("overload", "capacity", "busy", "try again"))
+        status = 429 if "rate limit" in text or "rate_limit" in text else \
+            503 if overloaded else 500
+    client_status, error_type, message = anthropic_error_from_openai(
+        status, orjson.dumps({"error": error}))
+    return client_status, error_type, message, status in (429, 500, 502, 503, 504, 529)
 
 
 def _upstream_message(body: bytes) -> str:
-    """`error.message` (or `message`) of a JSON error body, at most 500 characters; "" if none."""
+    """`error.message` (or `message`) of a JSON error body, or a plain-text body, at most
+    500 characters; "" if there is nothing readable."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
+        # Some servers answer a rejected body in plain text (axum's "Failed to deserialize
+        # the JSON body into the target type: ...").
+        text = body.decode("utf-8", "replace").strip()
+        if text and not text.startswith("<"):
+            return text[: _ERROR_MESSAGE_LIMIT - 3] + "..." \
+                if len(text) > _ERROR_MESSAGE_LIMIT else text
         return ""
     if not isinstance(parsed, dict):
         return ""

@@ -18,18 +18,14 @@ import orjson
 
 from gateway.protocol import anthropic_events as events
 from gateway.protocol.anthropic_events import DELTA_END
+from gateway.protocol.openai_response import STOP_REASONS, finish_outcome, usage_from_openai
 from gateway.protocol.sse import SSEEvent, SSEParser
+from gateway.protocol.tool_ids import client_tool_id, id_salt
 from gateway.protocol.usage import Usage
 
 log = logging.getLogger(__name__)
 
-STOP_REASONS: dict[str, str] = {
-    "stop": "end_turn",
-    "length": "max_tokens",
-    "tool_calls": "tool_use",
-    "function_call": "tool_use",
-    "content_filter": "refusal",
-}
+__all__ = ["STOP_REASONS", "OpenAIStreamConverter"]
 
 EOF_BEFORE_FINISH = "upstream stream ended before a finish_reason"
 
@@ -95,6 +91,8 @@ class OpenAIStreamConverter:
         self._started = False
         self._done = False
         self._error: tuple[str, str] | None = None
+        self.error_payload: dict[str, Any] | None = None  # an upstream error event, as sent
+        self._salt = id_salt(message_id)
 
         self._open_kind = _NONE
         self._open_index = -1
@@ -222,6 +220,9 @@ class OpenAIStreamConverter:
             )
             self._out.append(events.PING)
         choices = chunk.get("choices")
+        # Moonshot/Kimi put stream usage in choices[0].usage, not at the top level
+        # (earendil-works/pi#2017, higress-group/higress#1568).
+        usage = chunk.get("usage") or (choices[0].get("usage") if choices else None)
         if choices and self._stop_reason is None:
             # Only choice 0: the gateway never asks for n > 1.
             choice = choices[0]
@@ -231,7 +232,8 @@ class OpenAIStreamConverter:
             finish_reason = choice.get("finish_reason")
             if finish_reason:
                 self._on_finish(finish_reason)
-        usage = chunk.get("usage")
+                if self._done:
+                    return
         if usage:
             self._upstream_usage = usage
             # finish_chunk_with_content_and_usage: usage in (or after) the finish chunk ends
@@ -338,10 +340,13 @@ class OpenAIStreamConverter:
         while self._pending:
             self._open_next_tool()
             self._close_block()
-        stop_reason = STOP_REASONS.get(finish_reason)
-        if stop_reason is None:
-            log.warning("unknown finish_reason %r in %s", finish_reason, self._message_id)
-            stop_reason = "end_turn"
+        outcome = finish_outcome(str(finish_reason))
+        if isinstance(outcome, tuple):
+            # e.g. DeepSeek's insufficient_system_resource: the text so far is not the whole
+            # answer, and a normal message_stop would make it look complete.
+            self._fail(*outcome)
+            return
+        stop_reason = outcome
         if self._tool_count:
             if stop_reason == "end_turn":
                 # Some upstreams finish with `stop` after tool calls; the client must still
@@ -375,6 +380,7 @@ class OpenAIStreamConverter:
         if not overloaded:
             overloaded = any(hint in lowered for hint in _OVERLOAD_HINTS)
         log.warning("upstream error payload in %s: %.200s", self._message_id, message)
+        self.error_payload = payload
         # The upstream's wording helps the user; it is capped so a huge body is not echoed.
         text = f"upstream error: {message}" if message else "upstream sent an error"
         self._fail("overloaded_error" if overloaded else "api_error", text[:_MAX_ERROR_MESSAGE])
@@ -397,7 +403,9 @@ class OpenAIStreamConverter:
             assert call is not None
             self._open_call = call
             call.opened = True
-            self._out.append(events.tool_use_block_start(index, call.id, call.name))
+            # The client sees an id unique to this answer (gateway/protocol/tool_ids.py).
+            self._out.append(events.tool_use_block_start(
+                index, client_tool_id(call.id, self._salt), call.name))
             self._delta_prefix = events.delta_prefix(index, "input_json_delta")
 
     def _open_next_tool(self) -> None:
@@ -466,38 +474,25 @@ class OpenAIStreamConverter:
         )
 
     def _convert_usage(self, raw: dict[str, Any]) -> tuple[dict[str, int], Usage]:
-        """message_delta usage fields and the Usage record for an upstream usage object."""
-        fields: dict[str, int] = {}
-        prompt = raw.get("prompt_tokens")
-        completion = raw.get("completion_tokens")
-        details = raw.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        if cached is None:
-            # reasoning_then_text: DeepSeek's own name for cache hits.
-            cached = raw.get("prompt_cache_hit_tokens")
-        if not isinstance(cached, int):
-            cached = None
-        if isinstance(prompt, int):
-            # Anthropic's input_tokens excludes cache reads (finish_chunk_with_content_and_usage).
-            fields["input_tokens"] = max(0, prompt - (cached or 0))
-        estimated = not isinstance(completion, int)
-        fields["output_tokens"] = (
-            completion if isinstance(completion, int) else max(1, (self._chars + 3) // 4)
-        )
-        if cached is not None:
-            fields["cache_read_input_tokens"] = cached
-        output_details = raw.get("completion_tokens_details")
-        reasoning = (
-            output_details.get("reasoning_tokens") if isinstance(output_details, dict) else None
-        )
-        usage = Usage(
-            input_tokens=fields.get("input_tokens", self._input_estimate),
-            output_tokens=fields["output_tokens"],
-            cache_read_input_tokens=cached or 0,
-            thinking_tokens=reasoning if isinstance(reasoning, int) else 0,
-            estimated=estimated,
-        )
+        """message_delta usage fields and the Usage record for an upstream usage object,
+        through the one conversion non-stream bodies use too (`usage_from_openai`)."""
+        usage = usage_from_openai(raw) or Usage(estimated=True)
+        if usage.estimated:
+            usage.output_tokens = max(1, (self._chars + 3) // 4)
+        if not isinstance(raw.get("prompt_tokens"), int):
+            usage.input_tokens = self._input_estimate
+        fields = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+        if usage.cache_read_input_tokens or _reports_cache(raw):
+            fields["cache_read_input_tokens"] = usage.cache_read_input_tokens
+        if usage.cache_creation_input_tokens:
+            fields["cache_creation_input_tokens"] = usage.cache_creation_input_tokens
         return fields, usage
+
+
+def _reports_cache(raw: dict[str, Any]) -> bool:
+    details = raw.get("prompt_tokens_details")
+    return (isinstance(details, dict) and "cached_tokens" in details) \
+        or "prompt_cache_hit_tokens" in raw or "cached_tokens" in raw
 
 
 def _text_of(value: object) -> str:

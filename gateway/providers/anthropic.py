@@ -72,12 +72,12 @@ class PassThroughReply(UpstreamStream):
         if self._tap.error is None or self._tap.saw_message_start:
             return None
         error_type, message = self._tap.error
-        if error_type in ("overloaded_error", "api_error", "rate_limit_error"):
-            return UpstreamError(self._provider, "stream_error", message, client_status=529,
-                                 error_type="overloaded_error", retryable=True)
+        # The upstream's own type and status: 529 only for a real overload.
+        retryable = error_type in ("overloaded_error", "api_error", "rate_limit_error",
+                                   "timeout_error")
         return UpstreamError(self._provider, "stream_error", message,
                              client_status=STATUS_OF.get(error_type, 502),
-                             error_type=error_type, retryable=False)
+                             error_type=error_type, retryable=retryable)
 
     @property
     def usage(self) -> Usage:
@@ -115,6 +115,7 @@ class AnthropicProvider:
         if self.config.normalize_prompt_cache:
             body = normalize_volatile_system(body)
         body = {**body, "model": call.upstream_model}
+        body = with_system_messages_folded(body)
         if isinstance(body.get("system"), list):
             body["system"] = without_client_metadata(body["system"])
         if self.config.inject_cache_control:
@@ -177,6 +178,33 @@ def usage_of_message(raw: bytes) -> Usage:
         cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
         cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
     )
+
+
+def with_system_messages_folded(body: dict[str, Any]) -> dict[str, Any]:
+    """Claude Code 2.1.154+ puts `role: "system"` entries inside `messages` (mid-conversation
+    system messages); DeepSeek's and DashScope's Anthropic endpoints reject them ("messages[1]
+    .role: unknown variant `system`, expected `user` or `assistant`",
+    deepseek-ai/awesome-deepseek-agent#167). Their text is appended to the top-level system
+    prompt, in order, which every Anthropic-compatible endpoint takes."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not any(
+            isinstance(m, dict) and m.get("role") == "system" for m in messages):
+        return body
+    system = body.get("system")
+    blocks: list[Any] = [{"type": "text", "text": system}] if isinstance(system, str) and \
+        system else list(system) if isinstance(system, list) else []
+    kept: list[Any] = []
+    for message in messages:
+        if not (isinstance(message, dict) and message.get("role") == "system"):
+            kept.append(message)
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            if content:
+                blocks.append({"type": "text", "text": content})
+        elif isinstance(content, list):
+            blocks.extend(b for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return {**body, "system": blocks, "messages": kept}
 
 
 def with_cache_control(system: Any) -> Any:

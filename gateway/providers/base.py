@@ -76,6 +76,10 @@ class UpstreamError(Exception):
         self.retryable = retryable
         self.upstream_status = upstream_status
         self.retry_after = retry_after
+        # The upstream's Retry-After as sent (passed on to the client with a final 429).
+        self.retry_after_header: str | None = None
+        # True when the upstream refused the gateway's own credentials (401/403).
+        self.credentials = False
 
 
 class Provider(Protocol):

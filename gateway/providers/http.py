@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator
 
 import aiohttp
@@ -39,21 +41,31 @@ def parse_retry_after(value: str | None) -> float | None:
 def status_error(provider: str, status: int, mapped: tuple[int, str, str],
                  retry_after: str | None) -> UpstreamError:
     client_status, error_type, message = mapped
-    return UpstreamError(provider, f"status_{status}", message, client_status=client_status,
-                         error_type=error_type, retryable=status in RETRYABLE_STATUS,
-                         upstream_status=status, retry_after=parse_retry_after(retry_after))
+    error = UpstreamError(provider, f"status_{status}", message, client_status=client_status,
+                          error_type=error_type, retryable=status in RETRYABLE_STATUS,
+                          upstream_status=status, retry_after=parse_retry_after(retry_after))
+    error.retry_after_header = retry_after.strip() if retry_after else None
+    if status in (401, 403):
+        # The gateway's own key was refused: another provider may work, but this one will
+        # not until the operator fixes the key, and it is not overloaded.
+        error.credentials = True
+        error.message = f"provider {provider} refused the gateway's credentials " \
+                        f"(HTTP {status}); the operator must fix this provider's API key"
+    return error
 
 
 def transport_error(provider: str, exc: BaseException) -> UpstreamError:
-    """Connect failures and timeouts before the first byte: always worth another provider."""
+    """Connect failures and timeouts before the first byte: always worth another provider.
+    A timeout is 504 and an unreachable upstream 502: neither is an overload (529)."""
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
-        reason, detail = "timeout", "did not answer in time"
+        reason, detail, status, kind = "timeout", "did not answer in time", 504, "timeout_error"
     elif isinstance(exc, aiohttp.ClientConnectorError):
-        reason, detail = "connect", "could not be reached"
+        reason, detail, status, kind = "connect", "could not be reached", 502, "api_error"
     else:
         reason, detail = "connection", f"connection failed ({type(exc).__name__})"
+        status, kind = 502, "api_error"
     return UpstreamError(provider, reason, f"upstream provider {provider} {detail}",
-                         client_status=529, error_type="overloaded_error", retryable=True)
+                         client_status=status, error_type=kind, retryable=True)
 
 
 async def open_upstream(session: aiohttp.ClientSession, config: ProviderConfig, url: str,
@@ -66,16 +78,44 @@ async def open_upstream(session: aiohttp.ClientSession, config: ProviderConfig, 
         raise transport_error(config.name, exc) from None
 
 
-async def first_output(stream: AsyncIterator[bytes], config: ProviderConfig) -> bytes:
-    """Wait for the first converted bytes within `first_byte_timeout` (failover is still
-    possible until they are sent to the client)."""
+async def first_output(stream: AsyncGenerator[bytes, None], config: ProviderConfig,
+                       last_read: list[float]) -> bytes:
+    """Wait for the first converted bytes (failover is still possible until they reach the
+    client). Any upstream byte is liveness, SSE comments included: DeepSeek and OpenRouter
+    send `: keep-alive` / `: OPENROUTER PROCESSING` while a request waits in their queue
+    (https://api-docs.deepseek.com/quick_start/rate_limit). So the wait fails only when the
+    upstream is silent for `first_byte_timeout`, or when it has kept the request queued for
+    `queue_timeout` in all. `last_read[0]` is the monotonic time of the latest upstream read.
+    """
+    started = time.monotonic()
+    step = min(1.0, config.first_byte_timeout)
+    pending = asyncio.ensure_future(_next_output(stream))
     try:
-        async with asyncio.timeout(config.first_byte_timeout):
-            async for out in stream:
-                if out:
-                    return out
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=step)
+            if done:
+                return pending.result()
+            now = time.monotonic()
+            if now - last_read[0] >= config.first_byte_timeout:
+                raise transport_error(config.name, TimeoutError())
+            if now - started >= config.queue_timeout:
+                raise UpstreamError(
+                    config.name, "queued", f"upstream provider {config.name} kept the request "
+                    f"queued for {config.queue_timeout:g} s without starting the answer",
+                    client_status=504, error_type="timeout_error", retryable=True)
+    except aiohttp.ClientError as exc:
         raise transport_error(config.name, exc) from None
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
+
+
+async def _next_output(stream: AsyncGenerator[bytes, None]) -> bytes:
+    async for out in stream:
+        if out:
+            return out
     return b""
 
 
@@ -97,6 +137,7 @@ class UpstreamStream:
         self._provider = provider
         self._reads = self._produce()
         self._first = b""
+        self._last_read = [time.monotonic()]
 
     def _on_data(self, data: bytes) -> bytes:
         raise NotImplementedError
@@ -116,6 +157,7 @@ class UpstreamStream:
     async def _produce(self) -> AsyncGenerator[bytes, None]:
         try:
             async for data in self._response.content.iter_any():
+                self._last_read[0] = time.monotonic()
                 out = self._on_data(data)
                 if out:
                     yield out
@@ -134,7 +176,13 @@ class UpstreamStream:
     async def start(self, config: ProviderConfig) -> None:
         """Read up to the first output, so an upstream that fails right away can still be
         replaced by another provider."""
-        self._first = await first_output(self._reads, config)
+        try:
+            self._first = await first_output(self._reads, config, self._last_read)
+        except BaseException:
+            # Close before anyone fails over: an upstream left open may still generate
+            # (and bill) while a second one is asked.
+            await self.close()
+            raise
         failure = self._early_failure()
         if failure is not None:
             await self.close()

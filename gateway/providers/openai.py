@@ -14,8 +14,13 @@ import orjson
 
 from gateway.config import ProviderConfig
 from gateway.protocol.cache_normalize import normalize_volatile_system
-from gateway.protocol.openai_request import OpenAIOptions, to_openai_request
-from gateway.protocol.openai_response import anthropic_error_from_openai, to_anthropic_message
+from gateway.protocol.openai_request import OpenAIOptions, effective_model, to_openai_request
+from gateway.protocol.openai_response import (
+    FinishFailure,
+    anthropic_error_from_openai,
+    error_from_payload,
+    to_anthropic_message,
+)
 from gateway.protocol.openai_stream import OpenAIStreamConverter
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
@@ -48,10 +53,17 @@ class OpenAIStreamReply(UpstreamStream):
         return self._conv.done
 
     def _early_failure(self) -> UpstreamError | None:
-        if self._conv.error is None or self._conv.usage.output_tokens:
+        """An error event before any content (OpenRouter sends HTTP 200, then the error):
+        passed on with the status its code means, retried elsewhere only if that helps."""
+        conv = self._conv
+        if conv.error is None or conv.usage.output_tokens:
             return None
-        return UpstreamError(self._provider, "stream_error", self._conv.error[1],
-                             client_status=529, error_type="overloaded_error", retryable=True)
+        if conv.error_payload is not None:
+            status, error_type, message, retryable = error_from_payload(conv.error_payload)
+        else:
+            status, error_type, message, retryable = 502, "api_error", conv.error[1], True
+        return UpstreamError(self._provider, "stream_error", message, client_status=status,
+                             error_type=error_type, retryable=retryable)
 
     @property
     def usage(self) -> Usage:
@@ -79,13 +91,17 @@ class OpenAIProvider:
         return OpenAIOptions(
             max_output_tokens=c.max_output_tokens.get(upstream_model)
             or c.max_output_tokens.get("default"),
-            reasoning=c.reasoning, reasoning_model=c.reasoning_model, send_top_k=c.send_top_k)
+            reasoning=c.reasoning, reasoning_model=c.reasoning_model, send_top_k=c.send_top_k,
+            send_files=c.send_files)
 
     async def send(self, call: Call) -> Reply:
         source = normalize_volatile_system(call.body) if self.config.normalize_prompt_cache \
             else call.body
-        payload = to_openai_request(source, call.upstream_model,
-                                    self.options_for(call.upstream_model))
+        # The reasoning model (when thinking switches to one) is the model of record: its
+        # output limit clamps max_tokens and its name goes on the usage row (pricing).
+        model = effective_model(source, call.upstream_model, self.options_for(""))
+        payload = to_openai_request(source, model, self.options_for(model))
+        call.upstream_model = payload["model"]
         headers = {"Content-Type": "application/json", **self._auth}
         call.sent_at = call.sent_at or time.perf_counter()
         response = await open_upstream(self._session, self.config, self.url,
@@ -97,6 +113,10 @@ class OpenAIProvider:
                                response.headers.get("retry-after"))
         if not call.stream:
             return self._complete(call, await read_body(response, self.config))
+        if response.content_type == "application/json":
+            # A stream request answered with a JSON body: an error in an HTTP 200.
+            raw = await read_body(response, self.config)
+            raise self._error_in_200(raw)
         stop = call.body.get("stop_sequences")
         conv = OpenAIStreamConverter(call.client_model, call.message_id, call.input_estimate,
                                      stop if isinstance(stop, list) else None)
@@ -113,12 +133,28 @@ class OpenAIProvider:
                                 client_status=502, error_type="api_error",
                                 retryable=True) from None
         if not isinstance(body, dict) or ("error" in body and "choices" not in body):
-            raise status_error(self.config.name, 502,
-                               anthropic_error_from_openai(502, raw), None)
+            raise self._error_in_200(raw)
         stop = call.body.get("stop_sequences")
-        message, usage = to_anthropic_message(body, call.client_model, call.message_id,
-                                              stop if isinstance(stop, list) else None)
+        try:
+            message, usage = to_anthropic_message(body, call.client_model, call.message_id,
+                                                  stop if isinstance(stop, list) else None)
+        except FinishFailure as exc:
+            # Nothing is sent yet, so another provider may still give a complete answer.
+            raise UpstreamError(self.config.name, "incomplete", exc.message,
+                                client_status=529 if exc.error_type == "overloaded_error"
+                                else 502, error_type=exc.error_type, retryable=True) from None
         return BufferedReply(orjson.dumps(message), usage)
+
+    def _error_in_200(self, raw: bytes) -> UpstreamError:
+        """An HTTP 200 whose body is an error (OpenRouter documents this for errors that
+        happen once the model started): its message and code decide what the client gets."""
+        try:
+            payload = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            payload = {"error": {"message": raw[:500].decode("utf-8", "replace")}}
+        status, error_type, message, retryable = error_from_payload(payload)
+        return UpstreamError(self.config.name, "error_in_200", message, client_status=status,
+                             error_type=error_type, retryable=retryable)
 
     async def count_tokens(self, call: Call) -> int | None:
         return None

@@ -5,6 +5,13 @@ the upstream, within a per-request attempt budget. A retry of the *same* provide
 small jittered backoff, or the upstream's `retry-after` when it is short; moving on to
 another provider does not wait. A 4xx request error is never retried. Once a reply is
 returned its first bytes may reach the client, so there is no failover after that.
+
+An upstream that refuses the gateway's own credentials (401/403) is skipped without
+counting against its breaker (it is misconfigured, not overloaded); if no other provider
+answers, the client is told exactly that, with `x-should-retry: false`.
+
+When every attempt failed, the client gets the last failure as it was: a 429 stays a 429
+with the upstream's `retry-after`, a timeout a 504, and 529 is said only for an overload.
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ async def send_with_failover(call: Call, options: Sequence[Candidate],
             if attempts >= routing.max_attempts:
                 break
             name = option.provider.name
+            if tried.get(name, 0) >= routing.max_attempts:
+                continue  # it refused our credentials
             breaker = breakers[name]
             if not breaker.allow():
                 continue
@@ -69,10 +78,15 @@ async def send_with_failover(call: Call, options: Sequence[Candidate],
                 last = last_of[name] = exc
                 metrics.attempts.inc((name, "failure"))
                 metrics.failures.inc((name, exc.reason))
+                if exc.credentials:
+                    breaker.release()
+                    log.error("%s", exc.message)
+                    tried[name] = routing.max_attempts  # never again for this request
+                    continue
                 if not exc.retryable:
                     breaker.release()  # the request was at fault, not the provider
-                    raise ApiError(exc.error_type, exc.message, status=exc.client_status) \
-                        from None
+                    raise ApiError(exc.error_type, exc.message, status=exc.client_status,
+                                   headers=_retry_headers(exc)) from None
                 breaker.failure()
                 log.warning("provider %s failed (%s); %s", name, exc.reason,
                             "trying the next" if attempts < routing.max_attempts else "giving up")
@@ -89,9 +103,23 @@ async def send_with_failover(call: Call, options: Sequence[Candidate],
         raise ApiError("overloaded_error",
                        "every provider for this model is unavailable (circuit open); "
                        "retry shortly")
-    raise ApiError("overloaded_error",
+    refused = [e for e in last_of.values() if e.credentials]
+    if refused and all(e.credentials for e in last_of.values()):
+        raise ApiError("api_error", "; ".join(e.message for e in refused), status=502,
+                       headers={"x-should-retry": "false"})
+    if last.credentials:
+        last = next(e for e in reversed(list(last_of.values())) if not e.credentials)
+    raise ApiError(last.error_type,
                    f"all upstream providers failed after {attempts} attempt(s); "
-                   f"last: {last.message}")
+                   f"last: {last.message}", status=last.client_status,
+                   headers=_retry_headers(last))
+
+
+def _retry_headers(error: UpstreamError) -> dict[str, str]:
+    """The upstream's Retry-After for a 429 (Claude Code and the SDKs honour it)."""
+    if error.client_status == 429 and error.retry_after_header:
+        return {"retry-after": error.retry_after_header}
+    return {}
 
 
 def _delay(routing: RoutingConfig, tries: int, last: UpstreamError | None) -> float:

@@ -595,9 +595,11 @@ def test_deepseek_thinking_switches_to_the_reasoner_model() -> None:
     options = OpenAIOptions(reasoning="deepseek", reasoning_model="deepseek-reasoner")
     out = to_openai_request(simple(thinking={"type": "adaptive"}), "deepseek-chat", options)
     assert out["model"] == "deepseek-reasoner"
-    assert set(out) == {"model", "messages", "max_tokens"}
+    # thinking is on by default at DeepSeek, so the switch is always said explicitly
+    assert set(out) == {"model", "messages", "max_tokens", "thinking"}
+    assert out["thinking"] == {"type": "enabled"}
     out = to_openai_request(simple(thinking={"type": "disabled"}), "deepseek-chat", options)
-    assert out["model"] == "deepseek-chat"
+    assert out["model"] == "deepseek-chat" and out["thinking"] == {"type": "disabled"}
     out = to_openai_request(simple(thinking={"type": "enabled"}), "deepseek-chat",
                             OpenAIOptions(reasoning="deepseek"))
     assert out["model"] == "deepseek-chat"

@@ -14,6 +14,7 @@ from gateway.protocol.openai_response import (
     anthropic_error_from_openai,
     to_anthropic_message,
 )
+from gateway.protocol.tool_ids import upstream_tool_id
 from gateway.protocol.usage import Usage
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -49,6 +50,7 @@ def test_all_nonstream_fixtures_are_covered() -> None:
 def test_nonstream_fixture(case: str) -> None:
     expected = load(f"{case}.anthropic.json")
     message, usage = to_anthropic_message(load(f"{case}.openai.json"), MODEL, MESSAGE_ID)
+    with_upstream_ids(message)
     assert re.fullmatch(r"msg_[A-Za-z0-9_]+", message["id"])
     assert isinstance(message["model"], str) and message["model"]
     assert (message["type"], message["role"]) == ("message", "assistant")
@@ -95,6 +97,15 @@ def call(arguments: Any, call_id: str = "call_1", name: str = "Bash") -> dict[st
 
 def convert(body: dict[str, Any], stop: list[str] | None = None) -> dict[str, Any]:
     message, _ = to_anthropic_message(body, MODEL, MESSAGE_ID, stop)
+    return with_upstream_ids(message)
+
+
+def with_upstream_ids(message: dict[str, Any]) -> dict[str, Any]:
+    """Client tool ids are `toolu_<salt>_<upstream id>`; tests compare the upstream id."""
+    for block in message["content"]:
+        if block["type"] == "tool_use":
+            assert re.fullmatch(r"toolu_[0-9a-f]{12}_[A-Za-z0-9_-]+", block["id"])
+            block["id"] = upstream_tool_id(block["id"])
     return message
 
 

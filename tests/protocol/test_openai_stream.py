@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from gateway.protocol import anthropic_events
 from gateway.protocol.openai_stream import OpenAIStreamConverter
 from gateway.protocol.sse import SSEParser
+from gateway.protocol.tool_ids import upstream_tool_id
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 STREAM_CASES = sorted(p.name.removesuffix(".openai.sse") for p in FIXTURES.glob("*.openai.sse"))
@@ -53,6 +54,11 @@ def parse_output(data: bytes) -> list[Event]:
         assert event.event is not None
         payload = orjson.loads(event.data)
         assert payload["type"] == event.event, "data.type must equal the event name"
+        block = payload.get("content_block")
+        if isinstance(block, dict) and block.get("type") == "tool_use":
+            # The client sees `toolu_<salt>_<upstream id>`; fixtures name the upstream id.
+            assert re.fullmatch(r"toolu_[0-9a-f]{12}_[A-Za-z0-9_-]+", block["id"])
+            block["id"] = upstream_tool_id(block["id"])
         result.append((event.event, payload))
     return result
 
@@ -512,12 +518,54 @@ def test_content_after_finish_is_ignored() -> None:
         ("stop", "end_turn"),
         ("length", "max_tokens"),
         ("content_filter", "refusal"),
-        ("something_new", "end_turn"),
+        ("sensitive", "refusal"),
+        ("eos", "end_turn"),
     ],
 )
 def test_finish_reason_mapping(finish: str, stop_reason: str) -> None:
     events = run(chunk({"content": "x"}, finish), USAGE)
     assert message_delta(events)["delta"] == {"stop_reason": stop_reason, "stop_sequence": None}
+
+
+@pytest.mark.parametrize(("finish", "error_type"), [
+    ("insufficient_system_resource", "overloaded_error"),  # DeepSeek: cut off, not complete
+    ("something_new", "api_error"),
+])
+def test_incomplete_or_unknown_finish_reason_ends_in_an_error(finish: str,
+                                                              error_type: str) -> None:
+    events = run(chunk({"content": "x"}, finish), USAGE)
+    assert "message_stop" not in names(events)
+    error = events[-1][1]["error"]
+    assert events[-1][0] == "error" and error["type"] == error_type and finish in error["message"]
+
+
+def test_kimi_usage_in_the_choice_with_cached_tokens() -> None:
+    # Moonshot: stream usage in choices[0].usage, cache hits in usage.cached_tokens
+    usage = {"prompt_tokens": 23, "completion_tokens": 5, "total_tokens": 28, "cached_tokens": 16}
+    events = run(b"data: " + orjson.dumps({"id": "c", "choices": [
+        {"index": 0, "delta": {"content": "x"}, "finish_reason": "stop", "usage": usage}]})
+        + b"\n\n")
+    assert message_delta(events)["usage"] == {
+        "input_tokens": 7, "output_tokens": 5, "cache_read_input_tokens": 16}
+
+
+def test_repeated_upstream_tool_ids_are_unique_per_answer() -> None:
+    ids = []
+    for message_id in ("msg_one", "msg_two"):
+        conv = OpenAIStreamConverter("m", message_id)
+        out = conv.feed(chunk({"tool_calls": [
+            {"index": 0, "id": "functions.Read:0", "type": "function",
+             "function": {"name": "Read", "arguments": "{}"}}]}, "tool_calls"))
+        out += conv.finish()
+        (start,) = [d for n, d in parse_raw(out) if n == "content_block_start"]
+        ids.append(start["content_block"]["id"])
+    assert ids[0] != ids[1]
+    assert {upstream_tool_id(i) for i in ids} == {"functions.Read:0"}
+
+
+def parse_raw(data: bytes) -> list[Event]:
+    parser = SSEParser()
+    return [(e.event or "", orjson.loads(e.data)) for e in parser.feed(data) + parser.close()]
 
 
 def test_tool_calls_with_finish_stop_report_tool_use() -> None:
