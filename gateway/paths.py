@@ -9,6 +9,9 @@ from __future__ import annotations
 MESSAGES = "/v1/messages"
 COUNT_TOKENS = "/v1/messages/count_tokens"
 MODELS = "/v1/models"
+CHAT_COMPLETIONS = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
+OPENAI_PATHS = frozenset({CHAT_COMPLETIONS, RESPONSES})  # OpenAI-shaped errors
 HEALTH = "/health"
 METRICS = "/metrics"
 REMOTE_WS = "/remote-ws"

@@ -9,6 +9,8 @@ from aiohttp import web
 from gateway import paths
 from gateway.accounting.keycache import KEY_CACHE, api_key_from
 from gateway.api.messages import FORWARDED_HEADERS, handle_messages, parse_request
+from gateway.api.middleware import wants_openai_shape
+from gateway.api.openai_ingress import handle_chat_completions, handle_responses
 from gateway.config import CONFIG
 from gateway.errors import ApiError
 from gateway.ids import REQUEST_ID
@@ -24,6 +26,8 @@ def add_api_routes(app: web.Application) -> None:
     r = app.router
     r.add_post(paths.MESSAGES, handle_messages)
     r.add_post(paths.COUNT_TOKENS, handle_count_tokens)
+    r.add_post(paths.CHAT_COMPLETIONS, handle_chat_completions)
+    r.add_post(paths.RESPONSES, handle_responses)
     r.add_get(paths.MODELS, handle_models)
     r.add_get(paths.MODELS + "/{model_id}", handle_model)
     r.add_get(paths.HEALTH, handle_health)
@@ -69,9 +73,19 @@ async def handle_model(request: web.Request) -> web.Response:
     return web.json_response(model_object(name))
 
 
+MODELS_CREATED = 1735689600  # 2025-01-01, the same moment the Anthropic shape states
+
+
 async def handle_models(request: web.Request) -> web.Response:
+    """Anthropic's list to Anthropic clients, OpenAI's to OpenAI clients. The Anthropic SDKs
+    and Claude Code always send `anthropic-version` (and often `x-api-key`); the OpenAI SDKs,
+    Codex, Cursor, Cline, Continue and Aider send neither, only `Authorization: Bearer`."""
     await request.app[KEY_CACHE].authenticate(api_key_from(request))
     names = listed_models(request.app[CONFIG].providers)
+    if wants_openai_shape(request):
+        return web.json_response({"object": "list", "data": [
+            {"id": n, "object": "model", "created": MODELS_CREATED, "owned_by": "llmapi"}
+            for n in names]})
     data = [model_object(n) for n in names]
     return web.json_response({
         "data": data, "has_more": False,

@@ -8,16 +8,33 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway import paths
 from gateway.errors import ERROR_PAGE, ApiError, error_body
 from gateway.ids import REQUEST_ID, new_id
 from gateway.paths import is_api_path
+from gateway.protocol.openai_errors import openai_error_body
 
 log = logging.getLogger("llmapi.http")
 
 
+def wants_openai_shape(request: web.Request) -> bool:
+    """OpenAI-shaped errors on the OpenAI routes, and on /v1/models for OpenAI clients
+    (those that send no `anthropic-version` header, see gateway/api/endpoints.py
+    `handle_models`)."""
+    path = request.path
+    if path in paths.OPENAI_PATHS:
+        return True
+    return path == paths.MODELS and "anthropic-version" not in request.headers \
+        and "x-api-key" not in request.headers
+
+
 def _json_error(status: int, error_type: str, message: str, request_id: str,
-                headers: dict[str, str] | None = None) -> web.Response:
-    response = web.Response(status=status, body=error_body(error_type, message),
+                headers: dict[str, str] | None = None, openai: bool = False,
+                param: str | None = None) -> web.Response:
+    body = error_body(error_type, message)
+    if openai:
+        status, body = openai_error_body(error_type, status, message, param)
+    response = web.Response(status=status, body=body,
                             content_type="application/json", headers=headers)
     response.headers["request-id"] = request_id
     return response
@@ -27,10 +44,12 @@ def _json_error(status: int, error_type: str, message: str, request_id: str,
 
 
 async def _error(request: web.Request, status: int, error_type: str, message: str,
-                 request_id: str, headers: dict[str, str] | None = None) -> web.Response:
+                 request_id: str, headers: dict[str, str] | None = None,
+                 param: str | None = None) -> web.Response:
     """The JSON error for API paths, a friendly HTML page for everything else."""
     if is_api_path(request.path):
-        return _json_error(status, error_type, message, request_id, headers)
+        return _json_error(status, error_type, message, request_id, headers,
+                           wants_openai_shape(request), param)
     render = request.app.get(ERROR_PAGE)
     response: web.Response | None = None
     if render is not None:
@@ -57,7 +76,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = await handler(request)
     except ApiError as exc:
         return await _error(request, exc.status, exc.error_type, exc.message, request_id,
-                             exc.headers)
+                             exc.headers, getattr(exc, "param", None))
     except web.HTTPRequestEntityTooLarge:
         limit = request.app._client_max_size
         return await _error(request, 413, "request_too_large",

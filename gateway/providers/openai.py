@@ -156,6 +156,21 @@ class OpenAIProvider:
         return UpstreamError(self.config.name, "error_in_200", message, client_status=status,
                              error_type=error_type, retryable=retryable)
 
+    async def post_chat(self, call: Call, payload: bytes) -> aiohttp.ClientResponse:
+        """POST a Chat Completions body unchanged (the OpenAI ingress, gateway/api/
+        openai_ingress.py) and return the 200 response; any other status raises."""
+        headers = {"Content-Type": "application/json", **self._auth}
+        call.sent_at = call.sent_at or time.perf_counter()
+        response = await open_upstream(self._session, self.config, self.url, payload, headers)
+        if response.status != 200:
+            body = await read_body(response, self.config)
+            raise status_error(self.config.name, response.status,
+                               anthropic_error_from_openai(response.status, body),
+                               response.headers.get("retry-after"))
+        if call.stream and response.content_type == "application/json":
+            raise self._error_in_200(await read_body(response, self.config))
+        return response
+
     async def count_tokens(self, call: Call) -> int | None:
         return None
 

@@ -8,6 +8,7 @@ Claude Code appends (`[1m]`, `-1m`) are ignored, so `claude-opus-5-5[1m]` maps l
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,13 +34,20 @@ def model_family(model: str) -> str | None:
 
 
 def map_model(provider: ProviderConfig, client_model: str) -> str | None:
-    """The upstream model this provider uses for `client_model`, or None if it has none."""
+    """The upstream model this provider uses for `client_model`, or None if it has none.
+
+    Order: the exact name, then shell-style wildcard keys (`"gpt-*"`, `"*codex*"`) in the
+    order configured, then a family word, then `default`: OpenAI-style names such as
+    `gpt-5-codex` are mapped like any other."""
     models = provider.models
     name = base_model_name(client_model)
     if name in models:
         return models[name]
     if client_model in models:
         return models[client_model]
+    for pattern, upstream in models.items():
+        if "*" in pattern and fnmatch.fnmatchcase(name.lower(), pattern.lower()):
+            return upstream
     family = model_family(name)
     if family is not None and family in models:
         return models[family]
@@ -70,7 +78,7 @@ def listed_models(providers: Sequence[ProviderConfig]) -> list[str]:
                 "haiku": "claude-haiku-4-5"}
     for provider in providers:
         for key in provider.models:
-            if key == "default" or key in FAMILIES:
+            if key == "default" or key in FAMILIES or "*" in key:
                 continue
             if key not in names:
                 names.append(key)

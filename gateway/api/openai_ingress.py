@@ -1,0 +1,193 @@
+"""POST /v1/chat/completions and POST /v1/responses: the OpenAI ingress.
+
+Same keys, plans, limits, routing, failover and usage rows as /v1/messages: each handler
+parses and converts its body, then hands over to `relay` (gateway/api/messages.py) with a
+`send` that talks to each candidate provider in the best way for its protocol:
+
+    chat      -> openai upstream:    the client's body, model mapped (no Anthropic detour)
+    chat      -> anthropic / demo:   chat_to_anthropic ... anthropic_to_chat
+    responses -> openai upstream:    responses_to_chat ... chat_to_responses
+    responses -> anthropic / demo:   responses_to_chat, chat_to_anthropic ...
+                                     anthropic_to_chat, chat_to_responses
+
+Errors on these routes are OpenAI-shaped (middleware, gateway/protocol/openai_errors.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.accounting.keycache import KEY_CACHE, KeyInfo, api_key_from
+from gateway.accounting.limits import LIMITS
+from gateway.api.messages import relay
+from gateway.api.openai_replies import (
+    ChatSink,
+    ChatUpstreamStream,
+    FromAnthropicStream,
+    ResponsesSink,
+    Sink,
+    chat_upstream_body,
+    from_anthropic_body,
+)
+from gateway.errors import ApiError
+from gateway.ids import REQUEST_ID, new_id
+from gateway.protocol.anthropic_to_chat import AnthropicToChat
+from gateway.protocol.chat_to_anthropic import (
+    ConversionError,
+    chat_to_anthropic,
+    validate_chat_request,
+)
+from gateway.protocol.responses_to_chat import (
+    ResponsesContext,
+    for_openai_upstream,
+    responses_to_chat,
+)
+from gateway.protocol.token_estimate import estimate_input_tokens
+from gateway.providers.base import Call, Provider, Reply, UpstreamError
+from gateway.providers.http import read_body
+from gateway.providers.openai import OpenAIProvider
+
+DROPPED_TOOLS_HEADER = "x-llmapi-dropped-tools"
+
+
+class ParamError(ApiError):
+    """A 400 that names the offending request field (OpenAI's `error.param`)."""
+
+    def __init__(self, message: str, param: str | None) -> None:
+        super().__init__("invalid_request_error", message)
+        self.param = param
+
+
+def _parse(raw: bytes) -> Any:
+    if not raw:
+        raise ParamError("request body is empty; send a JSON object", None)
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ParamError(f"malformed JSON body: {exc}", None) from None
+
+
+class Plan:
+    """One OpenAI request, converted as far as each upstream protocol needs it."""
+
+    def __init__(self, chat: dict[str, Any], client_model: str, stream: bool,
+                 include_usage: bool, responses: ResponsesContext | None) -> None:
+        self.chat = chat  # the Chat body (the client's own, or converted from Responses)
+        self.client_model = client_model
+        self.stream = stream
+        self.include_usage = include_usage
+        self.responses = responses
+        self.response_id = new_id("resp") if responses is not None else ""
+        self.completion_id = "chatcmpl-" + new_id("msg").removeprefix("msg_")
+        self.anthropic: dict[str, Any] | None = None
+        self.conversion_error: ConversionError | None = None
+        try:
+            self.anthropic = chat_to_anthropic(chat)
+        except ConversionError as exc:
+            self.conversion_error = exc
+
+    def estimate_body(self) -> dict[str, Any]:
+        """An Anthropic-shaped body for the token estimate and smart routing."""
+        if self.anthropic is not None:
+            return self.anthropic
+        text = orjson.dumps(self.chat.get("messages")).decode()
+        return {"model": self.client_model, "max_tokens": 1,
+                "messages": [{"role": "user", "content": text}],
+                "tools": [{"name": "t", "input_schema": t} for t in self.chat.get("tools", [])]}
+
+    def sink(self) -> Sink:
+        if self.responses is not None:
+            return ResponsesSink(self.responses, self.response_id, int(time.time()))
+        return ChatSink(self.include_usage)
+
+    def upstream_chat(self, provider: OpenAIProvider, upstream_model: str) -> bytes:
+        """The Chat body for an openai-protocol upstream: model mapped, usage asked for,
+        the output limit clamped to the provider's, gateway-internal fields removed."""
+        body = for_openai_upstream(self.chat) if self.responses is not None else dict(self.chat)
+        body["model"] = upstream_model
+        body.pop("n", None)  # only n = 1 gets this far
+        if self.stream:
+            body["stream_options"] = {**(body.get("stream_options") or {}),
+                                      "include_usage": True}
+        limit = provider.options_for(upstream_model).max_output_tokens
+        if limit:
+            for name in ("max_tokens", "max_completion_tokens"):
+                if isinstance(body.get(name), int) and body[name] > limit:
+                    body[name] = limit
+        return orjson.dumps(body)
+
+    async def send(self, provider: Provider, call: Call) -> Reply:
+        """One failover attempt at `provider`, answered in the client's format."""
+        responses = (self.responses, self.response_id) if self.responses is not None \
+            else None
+        if isinstance(provider, OpenAIProvider):
+            response = await provider.post_chat(
+                call, self.upstream_chat(provider, call.upstream_model))
+            if not self.stream:
+                raw = await read_body(response, provider.config)
+                try:
+                    completion = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    completion = None
+                if not isinstance(completion, dict) or "choices" not in completion:
+                    raise UpstreamError(provider.config.name, "bad_json",
+                                        f"upstream provider {provider.config.name} sent no "
+                                        "chat completion", client_status=502,
+                                        error_type="api_error", retryable=True)
+                return chat_upstream_body(completion, raw, responses)
+            stream = ChatUpstreamStream(response, provider.config.name, self.sink(),
+                                        call.input_estimate)
+            await stream.start(provider.config)
+            return stream
+        if self.conversion_error is not None:
+            raise ParamError(self.conversion_error.message, self.conversion_error.param)
+        reply = await provider.send(call)
+        if not reply.stream:
+            return from_anthropic_body(reply, self.completion_id, self.client_model, responses)
+        conv = AnthropicToChat(self.completion_id, self.client_model, int(time.time()),
+                               include_usage=self.include_usage or responses is not None,
+                               keep_signature=responses is not None)
+        return FromAnthropicStream(reply, conv, self.sink())
+
+
+async def _relay(request: web.Request, key: KeyInfo, plan: Plan, ingress: str,
+                 started: float, extra_headers: dict[str, str]) -> web.StreamResponse:
+    body = plan.estimate_body()
+    estimate = estimate_input_tokens(body)
+    limits = request.app[LIMITS]
+    rate_headers = await limits.admit(key, estimate) if limits else {}
+    call = Call(body=body, client_model=plan.client_model, upstream_model="",
+                stream=plan.stream, request_id=request[REQUEST_ID], message_id=new_id("msg"),
+                input_estimate=estimate)
+    return await relay(request, key, call, {**rate_headers, **extra_headers}, started,
+                       ingress, plan.send)
+
+
+async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    key = await request.app[KEY_CACHE].authenticate(api_key_from(request))
+    body = _parse(await request.read())
+    problem = validate_chat_request(body)
+    if problem is not None:
+        raise ParamError(*problem)
+    options = body.get("stream_options") or {}
+    plan = Plan(body, body["model"], body.get("stream") is True,
+                options.get("include_usage") is True, None)
+    return await _relay(request, key, plan, "chat", started, {})
+
+
+async def handle_responses(request: web.Request) -> web.StreamResponse:
+    started = time.perf_counter()
+    key = await request.app[KEY_CACHE].authenticate(api_key_from(request))
+    try:
+        chat, ctx = responses_to_chat(_parse(await request.read()))
+    except ConversionError as exc:
+        raise ParamError(exc.message, exc.param) from None
+    plan = Plan(chat, ctx.model, ctx.stream, True, ctx)
+    extra = {DROPPED_TOOLS_HEADER: ",".join(sorted(set(ctx.dropped_tools)))} \
+        if ctx.dropped_tools else {}
+    return await _relay(request, key, plan, "responses", started, extra)

@@ -1,0 +1,346 @@
+"""OpenAI Responses request -> Chat Completions request (the Responses ingress's first step).
+
+Why through Chat Completions: it is the smallest set of converters that serves both
+upstream protocols. A Responses request becomes a Chat body here; an openai-protocol
+upstream gets that body as is, an anthropic-protocol upstream gets it through
+`chat_to_anthropic` (the converter the Chat ingress uses anyway). On the way back,
+Anthropic events become Chat chunks (`anthropic_to_chat`) and Chat chunks become Responses
+events (`chat_to_responses`). Four converters instead of six, each tested on its own.
+
+What the Chat body cannot say travels in two internal fields on assistant messages,
+`reasoning_content` and `reasoning_signature` (a reasoning item's text and its
+`encrypted_content`): `chat_to_anthropic` turns them into a signed thinking block;
+`for_openai_upstream` removes them.
+
+Stateless: the gateway stores no responses. `previous_response_id`, `conversation`,
+`item_reference` input items and `background` are refused with a 400 that says so; clients
+send the whole conversation in `input` (Codex CLI does, with `store: false`).
+
+Tools: `function` tools (and the function tools inside a `namespace` group) are served.
+Built-in tools (web_search, file_search, code_interpreter, computer use, image generation,
+mcp, local_shell, custom/freeform, ...) cannot be served by these upstreams: they are
+dropped and named in `ResponsesContext.dropped_tools` (the ingress reports them in the
+`x-llmapi-dropped-tools` header); a `tool_choice` that forces one of them is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.protocol.chat_to_anthropic import ConversionError
+
+STATELESS = ("this gateway is stateless and stores no responses; send the whole "
+             "conversation in `input` instead")
+_TEXT_PARTS = ("input_text", "output_text", "text", "summary_text", "reasoning_text")
+
+
+@dataclass(slots=True)
+class ResponsesContext:
+    """What the reply needs from the request: echoed fields and conversion choices."""
+
+    model: str
+    stream: bool
+    instructions: str | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = "auto"
+    parallel_tool_calls: bool = True
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    reasoning: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=lambda: {"format": {"type": "text"}})
+    metadata: dict[str, Any] = field(default_factory=dict)
+    include_encrypted: bool = False
+    dropped_tools: list[str] = field(default_factory=list)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def responses_to_chat(body: Any) -> tuple[dict[str, Any], ResponsesContext]:
+    """(Chat Completions body, context) for a Responses body; ConversionError on a problem."""
+    if not isinstance(body, dict):
+        raise ConversionError("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise ConversionError("you must provide a model parameter", "model")
+    for name in ("previous_response_id", "conversation"):
+        if body.get(name) is not None:
+            raise ConversionError(f"{name} is not supported: {STATELESS}", name)
+    if body.get("background"):
+        raise ConversionError("background responses are not supported: " + STATELESS,
+                              "background")
+    if body.get("prompt") is not None:
+        raise ConversionError("stored prompt templates are not supported; send `input`",
+                              "prompt")
+    if body.get("top_logprobs"):
+        raise ConversionError("logprobs are not supported by this gateway", "top_logprobs")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ConversionError("stream must be a boolean", "stream")
+    ctx = ResponsesContext(model=model, stream=stream)
+    chat: dict[str, Any] = {"model": model}
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise ConversionError("instructions must be a string", "instructions")
+        ctx.instructions = instructions
+        if instructions:
+            messages.append({"role": "system", "content": instructions})
+    raw_input = body.get("input")
+    if isinstance(raw_input, str):
+        messages.append({"role": "user", "content": raw_input})
+    elif isinstance(raw_input, list):
+        _add_items(messages, raw_input)
+    else:
+        raise ConversionError("input must be a string or an array of input items", "input")
+    if not any(m["role"] in ("user", "assistant", "tool") for m in messages):
+        raise ConversionError("input must contain at least one user message", "input")
+    chat["messages"] = messages
+
+    max_output = body.get("max_output_tokens")
+    if max_output is not None:
+        if not _is_int(max_output) or max_output < 1:
+            raise ConversionError("max_output_tokens must be a positive integer",
+                                  "max_output_tokens")
+        ctx.max_output_tokens = chat["max_tokens"] = max_output
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None:
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConversionError(f"{name} must be a number", name)
+            chat[name] = value
+            setattr(ctx, name, float(value))
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):
+        ctx.reasoning = {"effort": reasoning.get("effort"),
+                         "summary": reasoning.get("summary")}
+        if isinstance(reasoning.get("effort"), str):
+            chat["reasoning_effort"] = reasoning["effort"]
+    text = body.get("text")
+    if isinstance(text, dict):
+        ctx.text = {"format": {"type": "text"}, **text}
+        response_format = _response_format(text.get("format"))
+        if response_format is not None:
+            chat["response_format"] = response_format
+    include = body.get("include")
+    ctx.include_encrypted = isinstance(include, list) and \
+        "reasoning.encrypted_content" in include
+    if isinstance(body.get("metadata"), dict):
+        ctx.metadata = body["metadata"]
+    user = body.get("safety_identifier") or body.get("user")
+    if isinstance(user, str) and user:
+        chat["user"] = user
+    _add_tools(chat, ctx, body)
+    if stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return chat, ctx
+
+
+def for_openai_upstream(chat: dict[str, Any]) -> dict[str, Any]:
+    """The Chat body without the internal reasoning fields (not Chat Completions)."""
+    messages = []
+    for message in chat["messages"]:
+        if "reasoning_content" in message or "reasoning_signature" in message:
+            message = {k: v for k, v in message.items()
+                       if k not in ("reasoning_content", "reasoning_signature")}
+        messages.append(message)
+    return {**chat, "messages": messages}
+
+
+def _text(part: dict[str, Any], where: str) -> str:
+    value = part.get("text")
+    if not isinstance(value, str):
+        raise ConversionError(f"{where}.text must be a string", where)
+    return value
+
+
+def _content(content: Any, where: str) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ConversionError(f"{where}.content must be a string or an array", where)
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        at = f"{where}.content[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in _TEXT_PARTS:
+            parts.append({"type": "text", "text": _text(part, at)})
+        elif kind == "refusal":
+            parts.append({"type": "text", "text": str(part.get("refusal") or "")})
+        elif kind == "input_image":
+            url = part.get("image_url")
+            if not isinstance(url, str) or not url:
+                raise ConversionError(f"{at}: input_image needs image_url (file_id is not "
+                                      "supported: this gateway stores no files)", at)
+            image: dict[str, Any] = {"url": url}
+            if isinstance(part.get("detail"), str):
+                image["detail"] = part["detail"]
+            parts.append({"type": "image_url", "image_url": image})
+        else:
+            raise ConversionError(f"{at}: content type {kind!r} is not supported "
+                                  "(input_text, output_text and input_image are)", at)
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _open_assistant(messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message being built, or a new one (consecutive assistant-side items
+    of one turn - reasoning, text, function calls - form one Chat message)."""
+    if messages and messages[-1]["role"] == "assistant":
+        return messages[-1]
+    message: dict[str, Any] = {"role": "assistant", "content": None}
+    messages.append(message)
+    return message
+
+
+def _add_items(messages: list[dict[str, Any]], items: list[Any]) -> None:
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise ConversionError(f"{where} must be an object", where)
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in ("user", "assistant", "system", "developer"):
+                raise ConversionError(f"{where}.role must be user, assistant, system or "
+                                      "developer", where)
+            content = _content(item.get("content"), where)
+            if role == "assistant":
+                message = _open_assistant(messages)
+                if message.get("tool_calls"):  # text after calls: a new assistant turn
+                    message = {"role": "assistant", "content": None}
+                    messages.append(message)
+                text = content if isinstance(content, str) else "".join(
+                    p.get("text", "") for p in content)
+                message["content"] = (message["content"] or "") + text
+            else:
+                messages.append({"role": "system" if role == "developer" else role,
+                                 "content": content})
+        elif kind == "function_call":
+            call_id, name = item.get("call_id"), item.get("name")
+            if not isinstance(call_id, str) or not isinstance(name, str):
+                raise ConversionError(f"{where}: function_call needs call_id and name", where)
+            arguments = item.get("arguments")
+            message = _open_assistant(messages)
+            message.setdefault("tool_calls", []).append({
+                "id": call_id, "type": "function",
+                "function": {"name": name,
+                             "arguments": arguments if isinstance(arguments, str) else "{}"}})
+        elif kind == "function_call_output":
+            call_id = item.get("call_id")
+            if not isinstance(call_id, str):
+                raise ConversionError(f"{where}: function_call_output needs call_id", where)
+            output = item.get("output")
+            if isinstance(output, list):
+                content = _content(output, where)
+            elif isinstance(output, str):
+                content = output
+            else:
+                raise ConversionError(f"{where}.output must be a string or an array", where)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
+        elif kind == "reasoning":
+            texts = [p.get("text", "") for p in (item.get("content") or [])
+                     if isinstance(p, dict)] or \
+                    [p.get("text", "") for p in (item.get("summary") or [])
+                     if isinstance(p, dict)]
+            message = _open_assistant(messages)
+            if message.get("content") or message.get("tool_calls"):
+                message = {"role": "assistant", "content": None}
+                messages.append(message)
+            message["reasoning_content"] = "\n\n".join(t for t in texts if isinstance(t, str))
+            if isinstance(item.get("encrypted_content"), str):
+                message["reasoning_signature"] = item["encrypted_content"]
+        elif kind == "item_reference":
+            raise ConversionError(f"{where}: item_reference is not supported: {STATELESS}",
+                                  where)
+        else:
+            raise ConversionError(f"{where}: input item type {kind!r} is not supported "
+                                  "(message, function_call, function_call_output and "
+                                  "reasoning are)", where)
+    # An assistant message that is only reasoning says nothing to a Chat upstream.
+    for message in messages:
+        if message["role"] == "assistant" and message.get("content") is None \
+                and not message.get("tool_calls"):
+            message["content"] = ""
+
+
+def _response_format(fmt: Any) -> dict[str, Any] | None:
+    if fmt is None or not isinstance(fmt, dict) or fmt.get("type") == "text":
+        return None
+    if fmt.get("type") == "json_object":
+        return {"type": "json_object"}
+    if fmt.get("type") == "json_schema":
+        spec: dict[str, Any] = {"name": fmt.get("name") or "response",
+                                "schema": fmt.get("schema") or {}}
+        if isinstance(fmt.get("strict"), bool):
+            spec["strict"] = fmt["strict"]
+        return {"type": "json_schema", "json_schema": spec}
+    raise ConversionError("text.format.type must be text, json_object or json_schema",
+                          "text.format")
+
+
+def _function_tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConversionError(f"{where}: function tools need a name", where)
+    function: dict[str, Any] = {"name": name}
+    if isinstance(tool.get("description"), str):
+        function["description"] = tool["description"]
+    params = tool.get("parameters")
+    function["parameters"] = params if isinstance(params, dict) \
+        else {"type": "object", "properties": {}}
+    return {"type": "function", "function": function}
+
+
+def _add_tools(chat: dict[str, Any], ctx: ResponsesContext, body: dict[str, Any]) -> None:
+    tools = body.get("tools") or []
+    if not isinstance(tools, list):
+        raise ConversionError("tools must be an array", "tools")
+    converted: list[dict[str, Any]] = []
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind == "function":
+            converted.append(_function_tool(tool, where))
+            ctx.tools.append(tool)
+        elif kind == "namespace" and isinstance(tool.get("tools"), list):
+            for j, inner in enumerate(tool["tools"]):
+                if isinstance(inner, dict) and inner.get("type") == "function":
+                    converted.append(_function_tool(inner, f"{where}.tools[{j}]"))
+                    ctx.tools.append(inner)
+                else:
+                    ctx.dropped_tools.append(str(inner.get("type") if isinstance(inner, dict)
+                                                 else inner))
+        elif isinstance(kind, str):
+            ctx.dropped_tools.append(kind)
+        else:
+            raise ConversionError(f"{where} must be an object with a type", where)
+    if converted:
+        chat["tools"] = converted
+    choice = body.get("tool_choice")
+    if choice is None:
+        choice = "auto"
+    if choice in ("auto", "none", "required"):
+        if converted:
+            chat["tool_choice"] = choice
+        elif choice == "required":
+            raise ConversionError("tool_choice 'required' needs function tools", "tool_choice")
+    elif isinstance(choice, dict) and choice.get("type") == "function" \
+            and isinstance(choice.get("name"), str):
+        chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+    else:
+        kind = choice.get("type") if isinstance(choice, dict) else choice
+        raise ConversionError(f"tool_choice {kind!r} is not supported: only function tools "
+                              "are served (built-in tools are dropped)", "tool_choice")
+    ctx.tool_choice = choice
+    parallel = body.get("parallel_tool_calls")
+    if isinstance(parallel, bool):
+        ctx.parallel_tool_calls = parallel
+        if converted:
+            chat["parallel_tool_calls"] = parallel
