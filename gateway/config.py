@@ -77,6 +77,9 @@ PRESETS: dict[str, Preset] = {
                      send_files=True),
 }
 
+# Upstream HTTP clients (gateway/providers/http.py); the first is the default.
+UPSTREAM_CLIENTS = ("lean", "aiohttp")
+
 
 class ConfigError(Exception):
     """A config file problem, already phrased for the operator."""
@@ -97,6 +100,7 @@ class ServerConfig:
     shutdown_grace: float = 30.0
     access_log: bool = True
     accounting: bool = True  # false: no limits, no usage rows (benchmark baseline only)
+    upstream_client: str = "lean"  # providers' default HTTP client (see UPSTREAM_CLIENTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,7 @@ class ProviderConfig:
     first_byte_timeout: float = 120.0
     idle_timeout: float = 120.0
     queue_timeout: float = 300.0
+    upstream_client: str = "lean"  # "lean" (gateway/providers/lean_client.py) or "aiohttp"
     models: Mapping[str, str] = field(default_factory=dict)
     max_output_tokens: Mapping[str, int] = field(default_factory=dict)
     reasoning: str | None = None
@@ -372,7 +377,11 @@ def _server(r: _Reader) -> ServerConfig:
         shutdown_grace=r.non_negative("shutdown_grace", float, d.shutdown_grace),
         access_log=r.get("access_log", bool, d.access_log),
         accounting=r.get("accounting", bool, d.accounting),
+        upstream_client=r.get("upstream_client", str, d.upstream_client),
     )
+    if server.upstream_client not in UPSTREAM_CLIENTS:
+        raise r.error("upstream_client", f"must be one of {', '.join(UPSTREAM_CLIENTS)}, "
+                      f"got {server.upstream_client!r}")
     if not 0 <= server.port <= 65535:
         raise r.error("port", f"must be between 0 and 65535, got {server.port}")
     if server.public_url and not server.public_url.startswith(("http://", "https://")):
@@ -381,7 +390,8 @@ def _server(r: _Reader) -> ServerConfig:
     return server
 
 
-def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
+def _provider(r: _Reader, env: Mapping[str, str],
+              upstream_client: str = UPSTREAM_CLIENTS[0]) -> ProviderConfig:
     name = r.get("name", str, "")
     if not _NAME.match(name):
         raise r.error("name", "must be a lower-case name like \"dashscope\"")
@@ -439,6 +449,7 @@ def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
                                       min(d.first_byte_timeout, timeout)),
         idle_timeout=r.positive("idle_timeout", float, min(d.idle_timeout, timeout)),
         queue_timeout=r.positive("queue_timeout", float, min(d.queue_timeout, timeout)),
+        upstream_client=r.get("upstream_client", str, upstream_client),
         models=models or {"default": "default"} if protocol == "demo" else models,
         max_output_tokens=limits,
         reasoning=reasoning,
@@ -452,6 +463,9 @@ def _provider(r: _Reader, env: Mapping[str, str]) -> ProviderConfig:
         currency=r.get("currency", str, d.currency),
         pricing=pricing,
     )
+    if provider.upstream_client not in UPSTREAM_CLIENTS:
+        raise r.error("upstream_client", f"must be one of {', '.join(UPSTREAM_CLIENTS)}, "
+                      f"got {provider.upstream_client!r}")
     if protocol != "demo" and not provider.models:
         raise r.error("models", "must map at least one client model (e.g. default = \"...\")")
     r.finish()
@@ -659,7 +673,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
 
     providers: list[ProviderConfig] = []
     for i, table in enumerate(root.get("providers", list, [])):
-        providers.append(_provider(_Reader(source, f"providers[{i}]", table), env))
+        providers.append(_provider(_Reader(source, f"providers[{i}]", table), env,
+                                   server.upstream_client))
     names = [p.name for p in providers]
     for i, name in enumerate(names):
         if name in names[:i]:

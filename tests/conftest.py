@@ -32,10 +32,18 @@ from tests.helpers.gateway import (  # noqa: F401  (re-exported for older test m
 
 
 @pytest.fixture
-async def gateway_factory(tmp_path: Path) -> AsyncIterator[GatewayFactory]:
+def upstream_client() -> str:
+    """The providers' HTTP client; tests/api and tests/relay run under each one."""
+    return "lean"
+
+
+@pytest.fixture
+async def gateway_factory(tmp_path: Path, upstream_client: str) -> AsyncIterator[GatewayFactory]:
     servers: list[TestServer] = []
 
     async def start(data: dict[str, Any] | None = None) -> Gateway:
+        data = dict(data or {})
+        data["server"] = {"upstream_client": upstream_client, **data.get("server", {})}
         app = build_app(make_config(tmp_path, data))
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.config import ProviderConfig
@@ -23,6 +22,7 @@ from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
 from gateway.providers.http import (
     BufferedReply,
+    UpstreamResponse,
     UpstreamStream,
     client_session,
     open_upstream,
@@ -37,7 +37,7 @@ TRUNCATED = "the upstream stream ended before message_stop"
 class PassThroughReply(UpstreamStream):
     """Forwards complete SSE events as they arrive, tapping usage on the way."""
 
-    def __init__(self, response: aiohttp.ClientResponse, provider: str) -> None:
+    def __init__(self, response: UpstreamResponse, provider: str) -> None:
         self._tap = AnthropicUsageTap()
         self._ended = False
         self._deltas = 0  # content_block_delta events seen, for usage of a cut-off stream

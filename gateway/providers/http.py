@@ -1,31 +1,140 @@
-"""What the two HTTP providers share: one client session, timeouts, and error mapping."""
+"""What the two HTTP providers share: one upstream client, timeouts, and error mapping.
+
+The client is chosen by `upstream_client` (`[server]`, or per provider): "lean" is the small
+keep-alive client in `lean_client.py` built for this hot path, "aiohttp" the `ClientSession`
+it replaced, kept as a switch while the lean one proves itself. Both sit behind
+`UpstreamClient`, so the providers and `UpstreamStream` do not know which one runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Protocol
 
 import aiohttp
 
 from gateway.config import ProviderConfig
 from gateway.protocol.usage import Usage
 from gateway.providers.base import UpstreamError
+from gateway.providers.lean_client import ConnectError, LeanClient, LeanClientError, Timeouts
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504, 529})
 # Honour an upstream's retry-after only when it is short enough to be worth waiting for.
 MAX_RETRY_AFTER = 10.0
 
 
-def client_session(config: ProviderConfig) -> aiohttp.ClientSession:
-    """One pooled session per provider, reused for every request (no per-request TLS)."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
-    timeout = aiohttp.ClientTimeout(total=config.timeout, connect=config.connect_timeout,
-                                    sock_connect=config.connect_timeout,
-                                    sock_read=config.idle_timeout)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True,
-                                 skip_auto_headers=("User-Agent",), raise_for_status=False)
+# What either client raises when an exchange breaks; timeouts are TimeoutError for both.
+TRANSPORT_ERRORS = (aiohttp.ClientError, LeanClientError)
+BROKEN_OR_LATE = (aiohttp.ClientError, LeanClientError, TimeoutError)
+
+
+class UpstreamResponse(Protocol):
+    """An upstream answer whose headers have arrived."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Looked up with lower-case names."""
+        ...
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lower-case, without parameters (aiohttp's meaning)."""
+        ...
+
+    async def read(self) -> bytes: ...
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive."""
+        ...
+
+    def release(self) -> None:
+        """Finished with a fully read response: its connection may be reused."""
+        ...
+
+    def close(self) -> None:
+        """Drop the connection (an unfinished response must never go back to the pool)."""
+        ...
+
+
+class UpstreamClient(Protocol):
+    """POSTs to one provider's URLs over pooled connections."""
+
+    async def post(self, url: str, body: bytes,
+                   headers: Mapping[str, str]) -> UpstreamResponse:
+        """Send, and return once the response headers are in (within first_byte_timeout)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def client_session(config: ProviderConfig) -> UpstreamClient:
+    """One pooled client per provider, reused for every request (no per-request TLS)."""
+    timeouts = Timeouts(connect=config.connect_timeout, first_byte=config.first_byte_timeout,
+                        idle=config.idle_timeout, total=config.timeout)
+    if config.upstream_client == "aiohttp":
+        return AiohttpClient(timeouts)
+    return LeanClient(timeouts)
+
+
+class _AiohttpResponse:
+    """`aiohttp.ClientResponse` seen through `UpstreamResponse`."""
+
+    __slots__ = ("_response",)
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    @property
+    def content_type(self) -> str:
+        return self._response.content_type
+
+    async def read(self) -> bytes:
+        return await self._response.read()
+
+    def iter_any(self) -> AsyncIterator[bytes]:
+        return self._response.content.iter_any()
+
+    def release(self) -> None:
+        self._response.release()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class AiohttpClient:
+    """The `aiohttp.ClientSession` client (`upstream_client = "aiohttp"`)."""
+
+    def __init__(self, timeouts: Timeouts) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=timeouts.total, connect=timeouts.connect,
+                                        sock_connect=timeouts.connect, sock_read=timeouts.idle)
+        self._first_byte = timeouts.first_byte
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=timeout, auto_decompress=True,
+            skip_auto_headers=("User-Agent",), raise_for_status=False)
+
+    async def post(self, url: str, body: bytes,
+                   headers: Mapping[str, str]) -> UpstreamResponse:
+        async with asyncio.timeout(self._first_byte):
+            return _AiohttpResponse(await self._session.post(url, data=body,
+                                                             headers=dict(headers)))
+
+    async def close(self) -> None:
+        await self._session.close()
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -59,7 +168,7 @@ def transport_error(provider: str, exc: BaseException) -> UpstreamError:
     A timeout is 504 and an unreachable upstream 502: neither is an overload (529)."""
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         reason, detail, status, kind = "timeout", "did not answer in time", 504, "timeout_error"
-    elif isinstance(exc, aiohttp.ClientConnectorError):
+    elif isinstance(exc, (aiohttp.ClientConnectorError, ConnectError)):
         reason, detail, status, kind = "connect", "could not be reached", 502, "api_error"
     else:
         reason, detail = "connection", f"connection failed ({type(exc).__name__})"
@@ -68,13 +177,12 @@ def transport_error(provider: str, exc: BaseException) -> UpstreamError:
                          client_status=status, error_type=kind, retryable=True)
 
 
-async def open_upstream(session: aiohttp.ClientSession, config: ProviderConfig, url: str,
-                        body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+async def open_upstream(client: UpstreamClient, config: ProviderConfig, url: str,
+                        body: bytes, headers: dict[str, str]) -> UpstreamResponse:
     """POST and wait for the response headers within `first_byte_timeout`."""
     try:
-        async with asyncio.timeout(config.first_byte_timeout):
-            return await session.post(url, data=body, headers=headers)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+        return await client.post(url, body, headers)
+    except BROKEN_OR_LATE as exc:
         raise transport_error(config.name, exc) from None
 
 
@@ -103,7 +211,7 @@ async def first_output(stream: AsyncGenerator[bytes, None], config: ProviderConf
                     config.name, "queued", f"upstream provider {config.name} kept the request "
                     f"queued for {config.queue_timeout:g} s without starting the answer",
                     client_status=504, error_type="timeout_error", retryable=True)
-    except aiohttp.ClientError as exc:
+    except TRANSPORT_ERRORS as exc:
         raise transport_error(config.name, exc) from None
     finally:
         if not pending.done():
@@ -132,7 +240,7 @@ class UpstreamStream:
     stream = True
     body = b""
 
-    def __init__(self, response: aiohttp.ClientResponse, provider: str) -> None:
+    def __init__(self, response: UpstreamResponse, provider: str) -> None:
         self._response = response
         self._provider = provider
         self._reads = self._produce()
@@ -156,7 +264,7 @@ class UpstreamStream:
 
     async def _produce(self) -> AsyncGenerator[bytes, None]:
         try:
-            async for data in self._response.content.iter_any():
+            async for data in self._response.iter_any():
                 self._last_read[0] = time.monotonic()
                 out = self._on_data(data)
                 if out:
@@ -167,7 +275,7 @@ class UpstreamStream:
             yield self.abort("api_error", f"upstream provider {self._provider} stalled "
                                           "mid-answer")
             return
-        except aiohttp.ClientError as exc:
+        except TRANSPORT_ERRORS as exc:
             yield self.abort("api_error", f"upstream provider {self._provider} broke off "
                                           f"mid-answer ({type(exc).__name__})")
             return
@@ -228,10 +336,10 @@ class BufferedReply:
         return None
 
 
-async def read_body(response: aiohttp.ClientResponse, config: ProviderConfig) -> bytes:
+async def read_body(response: UpstreamResponse, config: ProviderConfig) -> bytes:
     try:
         return await response.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except BROKEN_OR_LATE as exc:
         raise transport_error(config.name, exc) from None
     finally:
         response.release()

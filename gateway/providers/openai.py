@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import aiohttp
 import orjson
 
 from gateway.config import ProviderConfig
@@ -26,6 +25,7 @@ from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
 from gateway.providers.http import (
     BufferedReply,
+    UpstreamResponse,
     UpstreamStream,
     client_session,
     open_upstream,
@@ -38,7 +38,7 @@ from gateway.providers.http import (
 class OpenAIStreamReply(UpstreamStream):
     """An upstream Chat Completions stream, converted to Anthropic SSE as it arrives."""
 
-    def __init__(self, response: aiohttp.ClientResponse, converter: OpenAIStreamConverter,
+    def __init__(self, response: UpstreamResponse, converter: OpenAIStreamConverter,
                  provider: str) -> None:
         self._conv = converter
         super().__init__(response, provider)
