@@ -54,8 +54,19 @@ def test_provider_timeouts() -> None:
     assert (p.timeout, p.connect_timeout, p.first_byte_timeout) == (60, 3, 20)
 
 
+def test_upstream_client_defaults_to_lean_and_a_provider_may_override_it() -> None:
+    config = parse_config({"providers": [PROVIDER, dict(PROVIDER, name="other",
+                                                       upstream_client="lean")],
+                           "server": {"upstream_client": "aiohttp"}}, env={})
+    assert [p.upstream_client for p in config.providers] == ["aiohttp", "lean"]
+    assert parse_config({"providers": [PROVIDER]}, env={}).providers[0].upstream_client == "lean"
+
+
 @pytest.mark.parametrize(("data", "key", "problem"), [
     ({"server": {"port": "x"}}, "server.port", "integer"),
+    ({"server": {"upstream_client": "httpx"}}, "server.upstream_client", "one of"),
+    ({"providers": [dict(PROVIDER, upstream_client="curl")]}, "providers[0].upstream_client",
+     "one of"),
     ({"server": {"port": 70000}}, "server.port", "65535"),
     ({"server": {"prot": 1}}, "server.prot", "unknown key"),
     ({"providers": [dict(PROVIDER, protocol="grpc")]}, "providers[0].protocol", "one of"),
