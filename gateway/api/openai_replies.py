@@ -22,7 +22,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-import aiohttp
 import orjson
 
 from gateway.protocol.anthropic_to_chat import AnthropicToChat, message_to_completion
@@ -33,7 +32,7 @@ from gateway.protocol.openai_response import usage_from_openai
 from gateway.protocol.responses_to_chat import ResponsesContext
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Reply, UpstreamError
-from gateway.providers.http import UpstreamStream
+from gateway.providers.http import UpstreamResponse, UpstreamStream
 
 EOF_BEFORE_FINISH = "the upstream stream ended before a finish_reason"
 DONE = b"data: [DONE]\n\n"
@@ -110,7 +109,7 @@ class ResponsesSink:
 class ChatUpstreamStream(UpstreamStream):
     """An openai-protocol upstream's Chat stream, out through a sink."""
 
-    def __init__(self, response: aiohttp.ClientResponse, provider: str, sink: Sink,
+    def __init__(self, response: UpstreamResponse, provider: str, sink: Sink,
                  input_estimate: int) -> None:
         self._reader = ChatStreamReader()
         self._sink = sink

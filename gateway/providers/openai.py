@@ -156,7 +156,7 @@ class OpenAIProvider:
         return UpstreamError(self.config.name, "error_in_200", message, client_status=status,
                              error_type=error_type, retryable=retryable)
 
-    async def post_chat(self, call: Call, payload: bytes) -> aiohttp.ClientResponse:
+    async def post_chat(self, call: Call, payload: bytes) -> UpstreamResponse:
         """POST a Chat Completions body unchanged (the OpenAI ingress, gateway/api/
         openai_ingress.py) and return the 200 response; any other status raises."""
         headers = {"Content-Type": "application/json", **self._auth}
