@@ -25,6 +25,7 @@ from gateway.api.endpoints import add_api_routes
 from gateway.api.middleware import errors_middleware
 from gateway.billing.payments import PAYMENTS, Payments
 from gateway.config import CONFIG, Config, ProviderConfig
+from gateway.events import USER_EVENTS, UserChanged, UserEvents
 from gateway.metrics import METRICS, Gauge, Metrics
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import PROVIDERS, Provider
@@ -34,7 +35,8 @@ from gateway.relay.breaker import BREAKERS, STATE_VALUE, Breaker
 from gateway.relay.health_checks import HEALTH, HealthChecker
 from gateway.remote.hub import REMOTE_HUB, RemoteHub, ViewerAuth
 from gateway.reports.health import STARTED_AT
-from gateway.store.sqlite import DATABASE, Database, open_database
+from gateway.store.base import DATABASE, Store
+from gateway.store.sqlite import open_database
 from gateway.streams import STREAMS, OpenStreams
 from web.routes import add_routes as add_site_routes
 from web.sessions import signed_in_user
@@ -49,6 +51,7 @@ def build_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([
         database,          # SQLite file, migrated; plans synced from the config
+        user_events,       # "this user changed" bus: publishers never call subscribers
         limits,            # plan limits and counters (None with accounting off)
         key_cache,         # API keys in memory, refreshed from the database
         usage_recorder,    # usage rows written behind the hot path
@@ -91,17 +94,31 @@ async def database(app: web.Application) -> AsyncIterator[None]:
         await db.close()
 
 
+async def user_events(app: web.Application) -> AsyncIterator[None]:
+    app[USER_EVENTS] = UserEvents()
+    yield
+
+
 async def limits(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    app[LIMITS] = (Limits(app[DATABASE], {p.name: p for p in config.plans})
-                   if config.server.accounting else None)
+    if not config.server.accounting:
+        app[LIMITS] = None
+        yield
+        return
+    found = app[LIMITS] = Limits(app[DATABASE], {p.name: p for p in config.plans})
+
+    def user_changed(event: UserChanged) -> None:
+        if event.period is not None:  # a payment began a new period: counters from zero
+            found.start_period(event.user_id, *event.period)
+        else:
+            found.forget(event.user_id)
+
+    app[USER_EVENTS].subscribe(user_changed)
     yield
 
 
 async def key_cache(app: web.Application) -> AsyncIterator[None]:
-    found = app[LIMITS]
-    cache = app[KEY_CACHE] = KeyCache(app[DATABASE],
-                                      on_change=found.forget if found else None)
+    cache = app[KEY_CACHE] = KeyCache(app[DATABASE], app[USER_EVENTS])
     async with running(cache.run_refresher(), "key-cache-refresher"):
         yield
 
@@ -172,7 +189,7 @@ async def gauges(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-def signed_in_user_id(db: Database) -> ViewerAuth:
+def signed_in_user_id(db: Store) -> ViewerAuth:
     """The web session's user id, for the remote hub's viewer role."""
     async def load(user_id: int) -> Any:
         return await db.fetch_one("user_by_id", {"id": user_id})
@@ -204,8 +221,8 @@ async def close_websockets(app: web.Application) -> None:
 
 
 async def payments(app: web.Application) -> AsyncIterator[None]:
-    service = app[PAYMENTS] = await Payments.open(app[CONFIG], app[DATABASE], app[LIMITS],
-                                                  app[KEY_CACHE])
+    service = app[PAYMENTS] = await Payments.open(app[CONFIG], app[DATABASE],
+                                                  app[USER_EVENTS])
     try:
         async with running(service.run(), "payment-reconciler"):
             yield

@@ -5,7 +5,7 @@ INSERT INTO api_keys (user_id, name, prefix, key_hash, created_at, updated_at)
 VALUES (:user_id, :name, :prefix, :key_hash, :now, :now);
 
 -- name: key_count_active
-SELECT COUNT(*) FROM api_keys WHERE user_id = :user_id AND revoked_at IS NULL;
+SELECT COUNT(*) AS n FROM api_keys WHERE user_id = :user_id AND revoked_at IS NULL;
 
 -- name: key_auth_by_hash
 -- Everything the hot path needs to authenticate and limit a request, in one row.

@@ -11,7 +11,7 @@ VALUES (:request_id, :user_id, :key_id, :client_model, :provider, :upstream_mode
     :error_type, :created_at, :ingress);
 
 -- name: usage_requests_since
-SELECT COUNT(*) FROM usage_logs WHERE user_id = :user_id AND created_at >= :since;
+SELECT COUNT(*) AS n FROM usage_logs WHERE user_id = :user_id AND created_at >= :since;
 
 -- name: key_touch
 UPDATE api_keys SET last_used_at = :last_used_at WHERE id = :key_id;

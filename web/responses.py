@@ -10,14 +10,14 @@ from aiohttp import web
 from aiohttp_session import STORAGE_KEY, get_session
 
 from gateway.config import CONFIG
-from gateway.store.sqlite import DATABASE, Database
+from gateway.store.base import DATABASE, Store
 from web.csrf import csrf_token
 from web.site import SITE, SiteServices, page_context
 
 NO_STORE = {"Cache-Control": "no-store"}
 
 
-def db_of(request: web.Request) -> Database:
+def db_of(request: web.Request) -> Store:
     return request.app[DATABASE]
 
 

@@ -33,7 +33,7 @@ from gateway.accounts.throttle import LoginThrottle
 from gateway.config import CONFIG, Config
 from gateway.errors import ERROR_PAGE, ApiError
 from gateway.paths import GOOGLE_CALLBACK, is_api_path, is_hot_path
-from gateway.store.sqlite import DATABASE
+from gateway.store.base import DATABASE
 from web.blog import Post, load_posts
 from web.csrf import CsrfError, check_csrf, exempt_from_csrf
 from web.sessions import (

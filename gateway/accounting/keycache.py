@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +18,8 @@ from aiohttp import web
 
 from gateway.accounts.users import hash_key
 from gateway.errors import ApiError
-from gateway.store.sqlite import Database
+from gateway.events import UserChanged, UserEvents
+from gateway.store.base import Store
 
 log = logging.getLogger("llmapi.auth")
 
@@ -55,9 +55,13 @@ def _info(row: Any) -> KeyInfo:
 class KeyCache:
     """Maps SHA-256(key) to `KeyInfo`, kept fresh by `run_refresher`."""
 
-    def __init__(self, db: Database, on_change: Callable[[int], None] | None = None) -> None:
+    def __init__(self, db: Store, events: UserEvents | None = None,
+                 refresh_interval: float = REFRESH_INTERVAL) -> None:
         self._db = db
-        self._on_change = on_change  # told the user id of every changed key/user/plan
+        self._events = events  # told of every changed key/user/plan it finds; listened to
+        self.refresh_interval = refresh_interval
+        if events is not None:
+            events.subscribe(self._user_changed)
         self._keys: dict[str, KeyInfo] = {}
         self._unknown: dict[str, float] = {}  # hash -> when we last found nothing
         self._checked_at = time.time()
@@ -93,9 +97,12 @@ class KeyCache:
         self._keys[digest] = info
         return info
 
-    def invalidate_all(self) -> None:
-        self._keys.clear()
-        self._unknown.clear()
+    def _user_changed(self, event: UserChanged) -> None:
+        """Someone changed this user: drop their keys, reloaded on their next request."""
+        if event.origin is self:
+            return
+        for digest in [d for d, info in self._keys.items() if info.user_id == event.user_id]:
+            del self._keys[digest]
 
     async def refresh(self) -> None:
         """Reload every cached key whose key, user or subscription row changed."""
@@ -108,12 +115,12 @@ class KeyCache:
             self._unknown.pop(digest, None)
             if digest in self._keys:
                 self._keys[digest] = _info(row)
-            if self._on_change is not None:
-                self._on_change(row["user_id"])
+            if self._events is not None:
+                await self._events.publish(UserChanged(row["user_id"], origin=self))
 
     async def run_refresher(self) -> None:
         while True:
-            await asyncio.sleep(REFRESH_INTERVAL)
+            await asyncio.sleep(self.refresh_interval)
             try:
                 await self.refresh()
             except Exception:  # keep refreshing; a locked DB now is fine a moment later

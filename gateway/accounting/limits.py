@@ -21,7 +21,7 @@ from gateway.accounting.keycache import KeyInfo
 from gateway.accounts.users import add_month
 from gateway.config import PlanConfig
 from gateway.errors import ApiError
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 WINDOW = 60.0  # seconds in the requests-per-minute window
 DAY = 86_400
@@ -80,7 +80,7 @@ class UserQuota:
 class Limits:
     """Per-user counters and the checks made before a request goes upstream."""
 
-    def __init__(self, db: Database, plans: dict[str, PlanConfig]) -> None:
+    def __init__(self, db: Store, plans: dict[str, PlanConfig]) -> None:
         self._db = db
         self.plans = plans
         self._users: dict[int, UserQuota] = {}
@@ -104,7 +104,7 @@ class Limits:
         today = day_start(now)
         row = await self._db.fetch_one("usage_requests_since",
                                        {"user_id": user_id, "since": today})
-        requests_today = int(row[0]) if row else 0
+        requests_today = int(row["n"]) if row else 0
         if sub is None:  # users made before subscriptions existed: start one now
             return UserQuota(user_id, now, add_month(now), 0, 0, today, requests_today,
                              dirty=True)

@@ -24,7 +24,7 @@ from aiohttp import web
 from gateway.accounting.limits import Limits
 from gateway.config import ProviderConfig
 from gateway.protocol.usage import Usage
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 log = logging.getLogger("llmapi.usage")
 
@@ -71,7 +71,7 @@ def cost_of(provider: ProviderConfig | None, upstream_model: str, usage: Usage) 
 class UsageRecorder:
     """Queue of usage rows plus the task that writes them."""
 
-    def __init__(self, db: Database, limits: Limits,
+    def __init__(self, db: Store, limits: Limits,
                  providers: dict[str, ProviderConfig]) -> None:
         self._db = db
         self._limits = limits

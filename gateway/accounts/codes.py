@@ -13,7 +13,7 @@ import time
 from enum import Enum
 
 from gateway.accounts.users import hash_password, verify_password
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 CODE_TTL = 30 * 60
 MAX_ATTEMPTS = 5
@@ -43,7 +43,7 @@ def new_code() -> str:
     return f"{secrets.randbelow(1_000_000):06d}"
 
 
-async def issue_code(db: Database, email: str, purpose: str, now: float | None = None) -> str:
+async def issue_code(db: Store, email: str, purpose: str, now: float | None = None) -> str:
     """A fresh code for `email`; every older unused code for the same purpose stops working."""
     now = time.time() if now is None else now
     code = new_code()
@@ -57,7 +57,7 @@ async def issue_code(db: Database, email: str, purpose: str, now: float | None =
     return code
 
 
-async def seconds_until_resend(db: Database, email: str, purpose: str,
+async def seconds_until_resend(db: Store, email: str, purpose: str,
                                now: float | None = None) -> int:
     """How long to wait before another code may be sent (0: now)."""
     now = time.time() if now is None else now
@@ -67,7 +67,7 @@ async def seconds_until_resend(db: Database, email: str, purpose: str,
     return max(0, int(row["created_at"] + RESEND_INTERVAL - now + 0.999))
 
 
-async def check_code(db: Database, email: str, purpose: str, code: str,
+async def check_code(db: Store, email: str, purpose: str, code: str,
                      now: float | None = None) -> None:
     """Accept and use up the code, or raise `CodeError`. Each wrong guess is counted."""
     now = time.time() if now is None else now

@@ -23,7 +23,7 @@ import aiosmtplib
 import jinja2
 
 from gateway.config import MailConfig
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 log = logging.getLogger("llmapi.mail")
 
@@ -38,7 +38,7 @@ class Mail:
 class Mailer:
     """Renders `templates/emails/NAME.txt` and delivers or stores the result."""
 
-    def __init__(self, config: MailConfig, db: Database, templates_dir: Path) -> None:
+    def __init__(self, config: MailConfig, db: Store, templates_dir: Path) -> None:
         self.config = config
         self.db = db
         self._env = jinja2.Environment(

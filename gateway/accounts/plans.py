@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 
 from gateway.config import PlanConfig
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 
-async def sync_plans(db: Database, plans: tuple[PlanConfig, ...]) -> None:
+async def sync_plans(db: Store, plans: tuple[PlanConfig, ...]) -> None:
     """Make the plans table match the config."""
     now = time.time()
     async with db.transaction() as tx:

@@ -24,7 +24,7 @@ from gateway.accounts.users import (
     normalize_email,
     verify_password,
 )
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 REGISTER = "register"
 MIN_PASSWORD = 8
@@ -76,7 +76,7 @@ def check_new_password(password: str, email: str = "", field: str = "password") 
         raise SiteAccountError("the password must not be your e-mail address", field)
 
 
-async def register(db: Database, mailer: Mailer, email: str, password: str, name: str,
+async def register(db: Store, mailer: Mailer, email: str, password: str, name: str,
                    site_url: str) -> str:
     """Start a registration and e-mail a code; returns the cleaned e-mail address.
 
@@ -112,13 +112,13 @@ async def register(db: Database, mailer: Mailer, email: str, password: str, name
     return email
 
 
-async def send_code(db: Database, mailer: Mailer, email: str, site_url: str) -> None:
+async def send_code(db: Store, mailer: Mailer, email: str, site_url: str) -> None:
     code = await email_codes.issue_code(db, email, REGISTER)
     await mailer.send_template("verify_code", email, code=code,
                                minutes=email_codes.CODE_TTL // 60, site_url=site_url)
 
 
-async def send_code_if_due(db: Database, mailer: Mailer, email: str, site_url: str) -> bool:
+async def send_code_if_due(db: Store, mailer: Mailer, email: str, site_url: str) -> bool:
     """Send a new code unless one went out less than a minute ago; True if sent."""
     if await email_codes.seconds_until_resend(db, email, REGISTER):
         return False
@@ -126,7 +126,7 @@ async def send_code_if_due(db: Database, mailer: Mailer, email: str, site_url: s
     return True
 
 
-async def resend_code(db: Database, mailer: Mailer, email: str, site_url: str) -> None:
+async def resend_code(db: Store, mailer: Mailer, email: str, site_url: str) -> None:
     """Another code for a pending registration, at most one a minute."""
     email = clean_email(email)
     wait = await email_codes.seconds_until_resend(db, email, REGISTER)
@@ -138,7 +138,7 @@ async def resend_code(db: Database, mailer: Mailer, email: str, site_url: str) -
         await send_code(db, mailer, email, site_url)
 
 
-async def verify(db: Database, email: str, code: str) -> Any:
+async def verify(db: Store, email: str, code: str) -> Any:
     """Check the e-mailed code; the account becomes active. Returns the user row."""
     email = clean_email(email)
     user = await db.fetch_one("user_by_email", {"email": email})
@@ -158,7 +158,7 @@ class LoginResult:
     needs_verification: bool = False
 
 
-async def log_in(db: Database, throttle: LoginThrottle, email: str, password: str,
+async def log_in(db: Store, throttle: LoginThrottle, email: str, password: str,
                  ip: str) -> LoginResult:
     """Check the password within the throttling limits. A correct password on an address
     still waiting for its code returns `needs_verification` instead of signing in."""
@@ -190,13 +190,13 @@ def _duration(seconds: int) -> str:
     return f"{seconds} s" if seconds < 120 else f"{(seconds + 59) // 60} minutes"
 
 
-async def change_name(db: Database, user_id: int, name: str) -> str:
+async def change_name(db: Store, user_id: int, name: str) -> str:
     name = clean_name(name)
     await db.execute("site_user_set_name", {"id": user_id, "name": name, "now": time.time()})
     return name
 
 
-async def change_password(db: Database, user_id: int, current: str, new: str,
+async def change_password(db: Store, user_id: int, current: str, new: str,
                           confirm: str) -> str:
     """Set a new password after checking the current one; returns the new hash."""
     user = await db.fetch_one("user_by_id", {"id": user_id})
@@ -214,7 +214,7 @@ async def change_password(db: Database, user_id: int, current: str, new: str,
     return str(password_hash)
 
 
-async def delete_account(db: Database, user_id: int, typed_email: str) -> None:
+async def delete_account(db: Store, user_id: int, typed_email: str) -> None:
     """Delete after the user typed their own e-mail address. The row stays, emptied of
     everything personal (orders and usage refer to it); every key is revoked at once."""
     user = await db.fetch_one("user_by_id", {"id": user_id})
@@ -231,7 +231,7 @@ async def delete_account(db: Database, user_id: int, typed_email: str) -> None:
             "now": now})
 
 
-async def google_user(db: Database, subject: str, email: str, email_verified: bool,
+async def google_user(db: Store, subject: str, email: str, email_verified: bool,
                       name: str) -> Any:
     """The user a verified Google identity signs in as: the linked one, else the account
     with the same (Google-verified) address, else a new account."""

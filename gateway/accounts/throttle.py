@@ -12,18 +12,18 @@ import time
 from dataclasses import dataclass
 
 from gateway.config import WebConfig
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 
 @dataclass(frozen=True, slots=True)
 class LoginThrottle:
-    db: Database
+    db: Store
     per_account: int
     per_ip: int
     window: int
 
     @classmethod
-    def from_config(cls, db: Database, config: WebConfig) -> LoginThrottle:
+    def from_config(cls, db: Store, config: WebConfig) -> LoginThrottle:
         return cls(db, config.login_failures_per_account, config.login_failures_per_ip,
                    config.login_window)
 

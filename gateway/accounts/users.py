@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 KEY_PREFIX = "sk-llmapi-"
 DISPLAY_CHARS = 8  # random characters kept in the display prefix
@@ -86,7 +86,7 @@ def normalize_email(email: str) -> str:
     return email
 
 
-async def create_user(db: Database, email: str, *, password: str = "", name: str = "",
+async def create_user(db: Store, email: str, *, password: str = "", name: str = "",
                       plan: str = "free", is_admin: bool = False, verified: bool = True) -> int:
     """Insert a user with a subscription to `plan` starting now; returns the user id."""
     email = normalize_email(email)
@@ -108,7 +108,7 @@ async def create_user(db: Database, email: str, *, password: str = "", name: str
     return user_id
 
 
-async def create_key(db: Database, email: str, name: str = "") -> NewKey:
+async def create_key(db: Store, email: str, name: str = "") -> NewKey:
     """Issue a key for the user, within the plan's `max_keys` (0 = unlimited)."""
     user = await db.fetch_one("user_by_email", {"email": normalize_email(email)})
     if user is None:
@@ -117,7 +117,7 @@ async def create_key(db: Database, email: str, name: str = "") -> NewKey:
     plan = await db.fetch_one("plan_by_name", {"name": sub["plan"] if sub else "free"})
     async with db.transaction() as tx:
         count_row = await tx.fetch_one("key_count_active", {"user_id": user["id"]})
-        active = count_row[0] if count_row else 0
+        active = count_row["n"] if count_row else 0
         if plan is not None and plan["max_keys"] and active >= plan["max_keys"]:
             raise AccountError(
                 f"plan {plan['name']!r} allows {plan['max_keys']} active key(s); "
@@ -131,7 +131,7 @@ async def create_key(db: Database, email: str, name: str = "") -> NewKey:
     return NewKey(key_id=key_id, raw=raw, prefix=prefix)
 
 
-async def revoke_key(db: Database, prefix: str) -> int:
+async def revoke_key(db: Store, prefix: str) -> int:
     """Revoke the active key with this display prefix; refuses an ambiguous prefix."""
     rows = [r for r in await db.fetch_all("keys_by_prefix", {"prefix": prefix})
             if r["revoked_at"] is None]
@@ -142,14 +142,14 @@ async def revoke_key(db: Database, prefix: str) -> int:
     return await db.execute("key_revoke_by_prefix", {"prefix": prefix, "now": time.time()})
 
 
-async def set_user_status(db: Database, email: str, status: str) -> None:
+async def set_user_status(db: Store, email: str, status: str) -> None:
     changed = await db.execute("user_set_status", {
         "email": normalize_email(email), "status": status, "now": time.time()})
     if not changed:
         raise AccountError(f"no user with e-mail {email}")
 
 
-async def set_plan(db: Database, email: str, plan: str) -> None:
+async def set_plan(db: Store, email: str, plan: str) -> None:
     """Change a user's plan at once (the period and its usage carry on)."""
     user = await db.fetch_one("user_by_email", {"email": normalize_email(email)})
     if user is None:
@@ -160,6 +160,6 @@ async def set_plan(db: Database, email: str, plan: str) -> None:
                      {"user_id": user["id"], "plan": plan, "now": time.time()})
 
 
-async def set_key_rpm(db: Database, key_id: int, rpm: int | None) -> None:
+async def set_key_rpm(db: Store, key_id: int, rpm: int | None) -> None:
     """Give one key its own requests-per-minute limit (None: back to the plan's)."""
     await db.execute("key_set_rpm", {"key_id": key_id, "rpm": rpm, "now": time.time()})

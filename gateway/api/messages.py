@@ -36,7 +36,7 @@ from gateway.relay.failover import SendFn, send_with_failover
 from gateway.relay.routing import base_model_name, plan_route
 from gateway.remote.sessions import create_session
 from gateway.remote.trigger import is_trigger, message_json, message_sse, reply_content
-from gateway.store.sqlite import DATABASE
+from gateway.store.base import DATABASE
 from gateway.streams import STREAMS
 
 log = logging.getLogger("llmapi.relay")

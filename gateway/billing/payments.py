@@ -32,13 +32,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.accounting.keycache import KeyCache
-from gateway.accounting.limits import Limits
 from gateway.accounts.users import add_month
 from gateway.billing.alipay import AlipayClient, AlipayError
 from gateway.billing.alipay_sign import verify_notification
 from gateway.config import AlipayConfig, Config
-from gateway.store.sqlite import Database
+from gateway.events import UserChanged, UserEvents
+from gateway.store.base import Store
 
 log = logging.getLogger("llmapi.payments")
 
@@ -125,22 +124,19 @@ class Applied:
 class Payments:
     """Orders, Alipay calls, the paid transition, reconciliation and plan expiry."""
 
-    def __init__(self, db: Database, config: AlipayConfig, client: AlipayClient | None,
-                 limits: Limits | None, keys: KeyCache | None,
-                 http: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, db: Store, config: AlipayConfig, client: AlipayClient | None,
+                 events: UserEvents | None, http: aiohttp.ClientSession | None = None) -> None:
         self.db = db
         self.config = config
         self.client = client
-        self.limits = limits
-        self.keys = keys
+        self.events = events  # told of every plan change (key cache and limits listen)
         self._http = http
 
     @classmethod
-    async def open(cls, config: Config, db: Database, limits: Limits | None,
-                   keys: KeyCache | None) -> Payments:
+    async def open(cls, config: Config, db: Store, events: UserEvents | None) -> Payments:
         """The service, with an Alipay client (and its HTTP session) when configured."""
         if not config.alipay.enabled:
-            return cls(db, config.alipay, None, limits, keys)
+            return cls(db, config.alipay, None, events)
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=config.alipay.timeout, connect=min(5.0, config.alipay.timeout)))
         try:
@@ -148,7 +144,7 @@ class Payments:
         except BaseException:
             await http.close()
             raise
-        return cls(db, config.alipay, client, limits, keys, http)
+        return cls(db, config.alipay, client, events, http)
 
     async def close(self) -> None:
         if self._http is not None:
@@ -255,10 +251,8 @@ class Payments:
                         source)
         log.info("order %s paid (%s, trade %s): user %s on %s", out_trade_no, source,
                  trade_no, order.user_id, order.plan)
-        if started is not None and self.limits is not None:
-            self.limits.start_period(order.user_id, *started)
-        if self.keys is not None:
-            await self.keys.refresh()  # the new plan counts from the next request on
+        if self.events is not None:  # the new plan counts from the next request on
+            await self.events.publish(UserChanged(order.user_id, period=started))
         return Applied(True, "paid", order.user_id)
 
     @staticmethod
@@ -376,12 +370,13 @@ class Payments:
         rows = await self.db.fetch_all("subscriptions_expired", {"now": now})
         expired = 0
         for row in rows:
-            expired += await self.db.execute("subscription_expire",
-                                             {"user_id": row["user_id"], "now": now})
+            changed = await self.db.execute("subscription_expire",
+                                            {"user_id": row["user_id"], "now": now})
+            expired += changed
             log.info("user %s: plan %s ended (paid until %s); now on free", row["user_id"],
                      row["plan"], row["paid_until"])
-        if expired and self.keys is not None:
-            await self.keys.refresh()
+            if changed and self.events is not None:
+                await self.events.publish(UserChanged(row["user_id"]))
         return expired
 
     async def run(self) -> None:

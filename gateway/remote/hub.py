@@ -48,7 +48,7 @@ from gateway.remote.sessions import (
     owned_session,
     set_status,
 )
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 log = logging.getLogger("llmapi.remote")
 
@@ -94,7 +94,7 @@ class Room:
 
 
 class RemoteHub:
-    def __init__(self, db: Database, keys: KeyCache, config: RemoteConfig, public_url: str,
+    def __init__(self, db: Store, keys: KeyCache, config: RemoteConfig, public_url: str,
                  viewer_user: ViewerAuth) -> None:
         self.db = db
         self.keys = keys

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 OPEN_STATUSES = ("waiting", "connected")
 
@@ -34,7 +34,7 @@ def _session(row: Any) -> RemoteSession:
                          ended_at=row["ended_at"], end_reason=row["end_reason"])
 
 
-async def create_session(db: Database, user_id: int, hours: float) -> RemoteSession:
+async def create_session(db: Store, user_id: int, hours: float) -> RemoteSession:
     """A new waiting session; its id is 128 random bits (and still grants nothing alone)."""
     now = time.time()
     session_id = "rc_" + secrets.token_urlsafe(16)
@@ -43,34 +43,34 @@ async def create_session(db: Database, user_id: int, hours: float) -> RemoteSess
     return RemoteSession(session_id, user_id, "waiting", now, now + hours * 3600, None, None)
 
 
-async def get_session(db: Database, session_id: str) -> RemoteSession | None:
+async def get_session(db: Store, session_id: str) -> RemoteSession | None:
     row = await db.fetch_one("remote_session_by_id", {"id": session_id})
     return _session(row) if row else None
 
 
-async def owned_session(db: Database, session_id: str, user_id: int) -> RemoteSession | None:
+async def owned_session(db: Store, session_id: str, user_id: int) -> RemoteSession | None:
     """The session if this user owns it; None otherwise (never say which)."""
     found = await get_session(db, session_id)
     return found if found is not None and found.user_id == user_id else None
 
 
-async def sessions_of(db: Database, user_id: int, limit: int = 50) -> list[RemoteSession]:
+async def sessions_of(db: Store, user_id: int, limit: int = 50) -> list[RemoteSession]:
     rows = await db.fetch_all("remote_sessions_of_user", {"user_id": user_id, "limit": limit})
     return [_session(r) for r in rows]
 
 
-async def set_status(db: Database, session_id: str, status: str) -> None:
+async def set_status(db: Store, session_id: str, status: str) -> None:
     await db.execute("remote_session_set_status", {"id": session_id, "status": status})
 
 
-async def end_session(db: Database, session_id: str, reason: str,
+async def end_session(db: Store, session_id: str, reason: str,
                       status: str = "ended") -> bool:
     """Record the end once; False when it had already ended."""
     return await db.execute("remote_session_end", {"id": session_id, "status": status,
                                                    "now": time.time(), "reason": reason}) > 0
 
 
-async def expire_sessions(db: Database) -> list[str]:
+async def expire_sessions(db: Store) -> list[str]:
     """End every session past its expiry; returns their ids."""
     rows = await db.fetch_all("remote_sessions_expired", {"now": time.time()})
     expired = []
@@ -80,15 +80,15 @@ async def expire_sessions(db: Database) -> list[str]:
     return expired
 
 
-async def connection_opened(db: Database, session_id: str, user_id: int, role: str) -> int:
+async def connection_opened(db: Store, session_id: str, user_id: int, role: str) -> int:
     return await db.insert("remote_connection_insert", {
         "session_id": session_id, "user_id": user_id, "role": role, "now": time.time()})
 
 
-async def connection_closed(db: Database, connection_id: int, reason: str) -> None:
+async def connection_closed(db: Store, connection_id: int, reason: str) -> None:
     await db.execute("remote_connection_end", {"id": connection_id, "now": time.time(),
                                                "reason": reason})
 
 
-async def connections_of(db: Database, session_id: str) -> list[Any]:
+async def connections_of(db: Store, session_id: str) -> list[Any]:
     return await db.fetch_all("remote_connections_of_session", {"session_id": session_id})

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
 from gateway.accounts.users import AccountError, set_plan, set_user_status
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 DAY = 86400
 PAGE_SIZE = 25
@@ -50,7 +50,7 @@ class PlatformStats:
     paid_orders_month: int
 
 
-async def platform_stats(db: Database, now: float | None = None) -> PlatformStats:
+async def platform_stats(db: Store, now: float | None = None) -> PlatformStats:
     now = time.time() if now is None else now
     since_month = month_start(now)
     users = await db.fetch_one("admin_count_users", {"today": now - now % DAY})
@@ -99,7 +99,7 @@ class UserPage:
     filter: UserFilter
 
 
-async def search_users(db: Database, f: UserFilter, per_page: int = PAGE_SIZE) -> UserPage:
+async def search_users(db: Store, f: UserFilter, per_page: int = PAGE_SIZE) -> UserPage:
     status = f.status if f.status in STATUSES else ""
     params = {"pattern": f.like_pattern(), "plan": f.plan.strip(), "status": status}
     count = await db.fetch_one("admin_users_count", params)
@@ -112,14 +112,14 @@ async def search_users(db: Database, f: UserFilter, per_page: int = PAGE_SIZE) -
                     filter=UserFilter(f.query, params["plan"], status, page))
 
 
-async def user_row(db: Database, user_id: int) -> dict[str, Any]:
+async def user_row(db: Store, user_id: int) -> dict[str, Any]:
     row = await db.fetch_one("admin_user_row", {"id": user_id})
     if row is None:
         raise AccountError(f"no user with id {user_id}")
     return dict(row)
 
 
-async def audit(db: Database, actor: Actor | None, action: str, target: str,
+async def audit(db: Store, actor: Actor | None, action: str, target: str,
                 detail: str = "", ip: str = "") -> None:
     await db.insert("audit_insert", {
         "actor_id": actor.id if actor else None,
@@ -127,7 +127,7 @@ async def audit(db: Database, actor: Actor | None, action: str, target: str,
         "action": action, "target": target, "detail": detail, "ip": ip, "now": time.time()})
 
 
-async def change_status(db: Database, actor: Actor, user_id: int, status: str,
+async def change_status(db: Store, actor: Actor, user_id: int, status: str,
                         ip: str) -> dict[str, Any]:
     """Suspend or re-activate a user (their keys stop or start working within a second)."""
     if status not in SETTABLE_STATUSES:
@@ -144,7 +144,7 @@ async def change_status(db: Database, actor: Actor, user_id: int, status: str,
     return await user_row(db, user_id)
 
 
-async def change_plan(db: Database, actor: Actor, user_id: int, plan: str,
+async def change_plan(db: Store, actor: Actor, user_id: int, plan: str,
                       ip: str) -> dict[str, Any]:
     user = await user_row(db, user_id)
     if user["status"] == "deleted":
@@ -177,7 +177,7 @@ class CostReport:
     tokens: int
 
 
-async def cost_report(db: Database, providers: list[str], days: int = 30,
+async def cost_report(db: Store, providers: list[str], days: int = 30,
                       now: float | None = None) -> CostReport:
     """Provider cost per UTC day over the last `days` days (configured providers first)."""
     now = time.time() if now is None else now
@@ -212,16 +212,16 @@ def _day(number: int) -> date:
     return date(1970, 1, 1) + timedelta(days=number)
 
 
-async def outbox(db: Database, limit: int = 50) -> list[dict[str, Any]]:
+async def outbox(db: Store, limit: int = 50) -> list[dict[str, Any]]:
     return [dict(r) for r in await db.fetch_all("mail_recent", {"limit": limit})]
 
 
-async def outbox_message(db: Database, message_id: int) -> dict[str, Any] | None:
+async def outbox_message(db: Store, message_id: int) -> dict[str, Any] | None:
     row = await db.fetch_one("mail_by_id", {"id": message_id})
     return dict(row) if row else None
 
 
-async def audit_entries(db: Database, page: int = 1,
+async def audit_entries(db: Store, page: int = 1,
                         per_page: int = 50) -> tuple[list[dict[str, Any]], int, int]:
     """(entries, page, pages), newest first."""
     count = await db.fetch_one("audit_count")

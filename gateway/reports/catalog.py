@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.relay.routing import map_model
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 EXAMPLE_MODELS = ("claude-opus-4-5", "claude-sonnet-4-5", "claude-haiku-4-5")
 
@@ -31,7 +31,7 @@ class ProviderModels:
     models: tuple[tuple[str, str], ...]  # (client name or family, upstream model)
 
 
-async def plans(db: Database) -> list[dict[str, Any]]:
+async def plans(db: Store) -> list[dict[str, Any]]:
     return [dict(r) for r in await db.fetch_all("plan_all")]
 
 

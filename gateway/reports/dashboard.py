@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gateway.accounts.users import AccountError, NewKey, create_key
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 DAY = 86400
 MAX_KEY_NAME = 60
@@ -68,7 +68,7 @@ def start_of_day(ts: float) -> float:
     return ts - ts % DAY
 
 
-async def overview(db: Database, user_id: int, now: float | None = None) -> Overview:
+async def overview(db: Store, user_id: int, now: float | None = None) -> Overview:
     now = time.time() if now is None else now
     sub = await db.fetch_one("dash_plan_of_user", {"user_id": user_id})
     if sub is None:
@@ -92,7 +92,7 @@ async def overview(db: Database, user_id: int, now: float | None = None) -> Over
     )
 
 
-async def daily_usage(db: Database, user_id: int, days: int = 30,
+async def daily_usage(db: Store, user_id: int, days: int = 30,
                       now: float | None = None) -> list[DayUsage]:
     """One entry per UTC day for the last `days` days (today last), zeros included."""
     now = time.time() if now is None else now
@@ -112,16 +112,16 @@ async def daily_usage(db: Database, user_id: int, days: int = 30,
     return series
 
 
-async def recent_requests(db: Database, user_id: int, limit: int = 20) -> list[dict[str, Any]]:
+async def recent_requests(db: Store, user_id: int, limit: int = 20) -> list[dict[str, Any]]:
     rows = await db.fetch_all("dash_recent_requests", {"user_id": user_id, "limit": limit})
     return [dict(r) for r in rows]
 
 
-async def list_keys(db: Database, user_id: int) -> list[dict[str, Any]]:
+async def list_keys(db: Store, user_id: int) -> list[dict[str, Any]]:
     return [dict(r) for r in await db.fetch_all("dash_keys", {"user_id": user_id})]
 
 
-async def add_key(db: Database, user_id: int, email: str, name: str) -> NewKey:
+async def add_key(db: Store, user_id: int, email: str, name: str) -> NewKey:
     """A new key for the user within the plan's key limit (`AccountError` past it)."""
     name = " ".join(name.split())
     if len(name) > MAX_KEY_NAME:
@@ -129,7 +129,7 @@ async def add_key(db: Database, user_id: int, email: str, name: str) -> NewKey:
     return await create_key(db, email, name or "default")
 
 
-async def revoke_own_key(db: Database, user_id: int, key_id: int) -> None:
+async def revoke_own_key(db: Store, user_id: int, key_id: int) -> None:
     """Revoke one of the user's own keys; another user's key id is simply not found."""
     changed = await db.execute("dash_key_revoke",
                                {"id": key_id, "user_id": user_id, "now": time.time()})
@@ -137,7 +137,7 @@ async def revoke_own_key(db: Database, user_id: int, key_id: int) -> None:
         raise AccountError("no such active key")
 
 
-async def list_orders(db: Database, user_id: int, limit: int = 100) -> list[dict[str, Any]]:
+async def list_orders(db: Store, user_id: int, limit: int = 100) -> list[dict[str, Any]]:
     return [dict(r) for r in await db.fetch_all("dash_orders",
                                                  {"user_id": user_id, "limit": limit})]
 

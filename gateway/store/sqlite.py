@@ -1,4 +1,4 @@
-"""Own the SQLite connection: migrations, named queries from sql/, and serialized writes.
+"""The SQLite `Store`: one connection, migrations, named queries from sql/, serialized writes.
 
 One aiosqlite connection per process in WAL mode. Reads run directly; every write goes
 through one lock so a transaction opened by one task never swallows another task's
@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
-from aiohttp import web
+
+from gateway.store.base import Params, Row
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 
-Params = Mapping[str, Any] | tuple[Any, ...]
+NO_PARAMS: Params = {}
 
 
 def load_queries(directory: Path = SQL_DIR) -> dict[str, str]:
@@ -61,8 +62,13 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
+def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
+    """Rows as plain dicts: what the `Store` interface promises (no index access)."""
+    return dict(zip([c[0] for c in cursor.description], values, strict=True))
+
+
 class Database:
-    """The gateway's single SQLite connection and its named queries."""
+    """The gateway's single SQLite connection and its named queries (a `Store`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -80,7 +86,7 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so batching is explicit.
         self._conn = await aiosqlite.connect(self.path, isolation_level=None)
-        self._conn.row_factory = aiosqlite.Row
+        self._conn.row_factory = _row  # type: ignore[assignment]
         await self._conn.execute("PRAGMA busy_timeout = 10000")
         await self._conn.execute("PRAGMA journal_mode = WAL")
         await self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -97,20 +103,20 @@ class Database:
         except KeyError:
             raise KeyError(f"no query named {name!r} in {SQL_DIR}") from None
 
-    async def fetch_one(self, name: str, params: Params = ()) -> aiosqlite.Row | None:
+    async def fetch_one(self, name: str, params: Params = NO_PARAMS) -> Row | None:
         async with self.conn.execute(self.sql(name), params) as cur:
-            return await cur.fetchone()
+            return await cur.fetchone()  # type: ignore[return-value]
 
-    async def fetch_all(self, name: str, params: Params = ()) -> list[aiosqlite.Row]:
+    async def fetch_all(self, name: str, params: Params = NO_PARAMS) -> list[Row]:
         async with self.conn.execute(self.sql(name), params) as cur:
-            return list(await cur.fetchall())
+            return list(await cur.fetchall())  # type: ignore[arg-type]
 
-    async def execute(self, name: str, params: Params = ()) -> int:
+    async def execute(self, name: str, params: Params = NO_PARAMS) -> int:
         """Run one write in its own transaction; returns the number of rows changed."""
         async with self.transaction() as tx:
             return await tx.execute(name, params)
 
-    async def insert(self, name: str, params: Params = ()) -> int:
+    async def insert(self, name: str, params: Params = NO_PARAMS) -> int:
         """Run one INSERT in its own transaction; returns the new row id."""
         async with self.transaction() as tx:
             return await tx.insert(name, params)
@@ -142,7 +148,7 @@ class Database:
                     " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
                 )
                 async with self.conn.execute("SELECT version FROM schema_migrations") as cur:
-                    done = {row[0] for row in await cur.fetchall()}
+                    done = {row["version"] for row in await cur.fetchall()}
                 for version, name, script in pending_migrations(done):
                     for statement in split_statements(script):
                         await self.conn.execute(statement)
@@ -164,20 +170,24 @@ class Transaction:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def execute(self, name: str, params: Params = ()) -> int:
+    async def execute(self, name: str, params: Params = NO_PARAMS) -> int:
         async with self._db.conn.execute(self._db.sql(name), params) as cur:
             return cur.rowcount
 
-    async def insert(self, name: str, params: Params = ()) -> int:
+    async def insert(self, name: str, params: Params = NO_PARAMS) -> int:
         async with self._db.conn.execute(self._db.sql(name), params) as cur:
             return cur.lastrowid or 0
 
     async def execute_many(self, name: str, rows: Iterable[Params]) -> None:
         await self._db.conn.executemany(self._db.sql(name), rows)
 
-    async def fetch_one(self, name: str, params: Params = ()) -> aiosqlite.Row | None:
+    async def fetch_one(self, name: str, params: Params = NO_PARAMS) -> Row | None:
         async with self._db.conn.execute(self._db.sql(name), params) as cur:
-            return await cur.fetchone()
+            return await cur.fetchone()  # type: ignore[return-value]
+
+    async def fetch_all(self, name: str, params: Params = NO_PARAMS) -> list[Row]:
+        async with self._db.conn.execute(self._db.sql(name), params) as cur:
+            return list(await cur.fetchall())  # type: ignore[arg-type]
 
 
 def pending_migrations(done: set[int]) -> list[tuple[int, str, str]]:
@@ -197,6 +207,3 @@ async def open_database(path: Path) -> Database:
     await db.migrate()
     return db
 
-
-DATABASE = web.AppKey("database", Database)
-"""The open database (app.py: `database`)."""

@@ -10,7 +10,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +28,7 @@ class SyntheticRequest:
     status: str = "success"
 
 
-async def insert_synthetic_usage(db: Database, user_id: int, key_id: int | None,
+async def insert_synthetic_usage(db: Store, user_id: int, key_id: int | None,
                                  requests: list[SyntheticRequest],
                                  now: float | None = None) -> None:
     """Write one usage row per request and add their tokens to the subscription."""

@@ -149,8 +149,8 @@ async def test_twenty_concurrent_duplicate_notifies_extend_once(shop: Shop) -> N
         sub = await shop.subscription(uid)
         assert sub["paid_until"] == add_month(paid_until)
         paid = await shop.db.conn.execute_fetchall(
-            "SELECT COUNT(*) FROM orders WHERE user_id = ? AND status = 'paid'", (uid,))
-        assert paid[0][0] == 2
+            "SELECT COUNT(*) AS n FROM orders WHERE user_id = ? AND status = 'paid'", (uid,))
+        assert paid[0]["n"] == 2
     finally:
         await client.close()
 
@@ -306,8 +306,8 @@ async def test_free_or_unknown_plan_cannot_be_bought(shop: Shop) -> None:
             status, text, _ = await client.post("/billing/checkout", {"plan": plan})
             assert status == 422, plan
         assert "is free" in text or "no plan" in text
-        rows = await shop.db.conn.execute_fetchall("SELECT COUNT(*) FROM orders")
-        assert rows[0][0] == 0
+        rows = await shop.db.conn.execute_fetchall("SELECT COUNT(*) AS n FROM orders")
+        assert rows[0]["n"] == 0
     finally:
         await client.close()
 
@@ -320,7 +320,7 @@ async def test_a_refused_precreate_closes_the_order_and_says_so(
         status, text, _ = await client.post("/billing/checkout", {"plan": "pro"})
         assert status == 422 and "did not accept the order" in text
         rows = await shop.db.conn.execute_fetchall("SELECT status FROM orders")
-        assert [r[0] for r in rows] == ["closed"]
+        assert [r["status"] for r in rows] == ["closed"]
     finally:
         await client.close()
 

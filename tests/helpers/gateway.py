@@ -32,7 +32,7 @@ from gateway.relay.breaker import BREAKERS
 from gateway.relay.health_checks import HEALTH
 from gateway.remote.hub import REMOTE_HUB
 from gateway.reports.health import STARTED_AT
-from gateway.store.sqlite import DATABASE
+from gateway.store.base import DATABASE
 from gateway.streams import STREAMS
 
 ROOT = Path(__file__).resolve().parent.parent.parent

@@ -36,7 +36,7 @@ async def test_wal_mode_and_seeded_plans(tmp_path: Path) -> None:
     db = await open_database(tmp_path / "x.db")
     try:
         row = await (await db.conn.execute("PRAGMA journal_mode")).fetchone()
-        assert row is not None and row[0] == "wal"
+        assert row is not None and row["journal_mode"] == "wal"
         plans = [r["name"] for r in await db.fetch_all("plan_all")]
         assert plans == ["free", "starter", "pro", "team"]
     finally:
