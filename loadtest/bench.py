@@ -16,10 +16,12 @@ placement serves every row, so "direct" is the fake upstream plus the client on 
 "through" adds one process on CPU 0: the ratio through/direct says whether the gateway
 keeps up with what its upstream can serve. Rows on CPU 0, one loaded at a time:
 `llmapi` (the product defaults), `llmapi-noacct` (`[server] accounting = false`: no limits,
-no usage rows; the baseline for the cost of accounting, issue 6), `aiohttp-floor`
-(loadtest/floor_relay.py: a bare aiohttp relay that forwards bytes and nothing else, the
-floor of this stack; anthropic scenarios only) and, with `--compare litellm`, LiteLLM's
-proxy (installed into loadtest/results/litellm-venv) against the same fake upstream.
+no usage rows; the baseline for the cost of accounting, issue 6), `llmapi-aiohttp` (the
+defaults with `[server] upstream_client = "aiohttp"`: the old upstream client, issue 19),
+`aiohttp-floor` and `lean-floor` (loadtest/floor_relay.py: a bare aiohttp-served relay that
+forwards bytes and nothing else, with aiohttp's client or the lean one: the floor of this
+stack) and, with `--compare litellm`, LiteLLM's proxy (installed into
+loadtest/results/litellm-venv) against the same fake upstream.
 
 Gateway config. One user on a plan with 0 everywhere (limits are checked but never trip), the
 product defaults otherwise: auth from the key cache, limits, usage rows written behind to
@@ -105,6 +107,10 @@ TARGET_VS_LITELLM = 10.0
 TARGET_RSS_MB = 150
 TARGET_SOAK_GROWTH = 0.10
 TARGET_ACCOUNTING_COST = 0.10
+# Issue 19: every feature on for little more than the bare relay costs.
+TARGET_CPU_VS_FLOOR = 1.3          # non-stream CPU/request at most 1.3x the aiohttp floor's
+TARGET_STREAM50_OPENAI_RPS = 3500  # streamed 50-chunk openai conversion
+FLOORS = ("aiohttp-floor", "lean-floor")
 
 
 # ---------------------------------------------------------------- processes and /proc
@@ -234,13 +240,15 @@ async def wait_ready(server: Server, timeout: float) -> None:
 # ---------------------------------------------------------------- the gateway's world
 
 
-def gateway_config(workdir: Path, name: str, port: int, upstream: str, accounting: bool) -> Path:
+def gateway_config(workdir: Path, name: str, port: int, upstream: str, accounting: bool,
+                   client: str = "lean") -> Path:
     """A config with both protocols against the fake upstream and the benchmark plan."""
     text = f"""
 [server]
 host = "127.0.0.1"
 port = {port}
 accounting = {"true" if accounting else "false"}
+upstream_client = "{client}"
 
 [database]
 path = "{workdir / 'llmapi.db'}"
@@ -526,11 +534,11 @@ class Bench:
         for name, server in self.servers.items():
             if name == "litellm":
                 found.append(litellm_target(scenario, server.url))
-            elif name == "aiohttp-floor":
-                if scenario.protocol == "anthropic":  # it only passes bytes through
-                    found.append(Target(name, server.url + "/v1/messages",
-                                        orjson.dumps({**scenario.body(), "model": UPSTREAM_MODEL}),
-                                        {"Content-Type": "application/json"}))
+            elif name in FLOORS:  # bytes passed through: the direct body, the floor's port
+                direct = scenario.direct(self.upstream.url)
+                path = direct.url.removeprefix(self.upstream.url)
+                found.append(Target(name, server.url + path, direct.body,
+                                    {"Content-Type": "application/json"}))
             else:
                 found.append(scenario.through(name, server.url, self.keys[0]))
         return found
@@ -569,7 +577,7 @@ class Bench:
                 if target.name == "litellm" and round_no:
                     continue  # slow to warm and far off: one round says enough
                 with self.focus(target.name):
-                    row = await self.one_run(scenario, target, profile=round_no == 0)
+                    row = await self.one_run(scenario, target, profile_round=round_no)
                 if target.name not in best or row.rps > best[target.name].rps:
                     best[target.name] = row
         direct = best.get("direct")
@@ -579,11 +587,12 @@ class Bench:
                 row.ratio_vs_direct = row.rps / direct.rps if direct.rps else None
             self.rows.append(row)
 
-    async def one_run(self, scenario: Scenario, target: Target, profile: bool) -> Row:
+    async def one_run(self, scenario: Scenario, target: Target, profile_round: int = -1) -> Row:
         server = self.process_of(target.name)
         await self.load(target, self.args.warmup)  # connections, caches and pools warm up
         pids = server.pids
-        profiler = self.start_profiler(scenario, target.name, server) if profile else None
+        profiler = (self.start_profiler(scenario, target.name, server, profile_round)
+                    if profile_round in (0, 1) else None)
         ours = self.all_pids()
         cpu0, ours0, busy0, own0 = (cpu_seconds(pids), cpu_seconds(ours), busy_seconds(),
                                     own_seconds())
@@ -592,7 +601,7 @@ class Bench:
         foreign = (busy_seconds() - busy0 - (cpu_seconds(ours) - ours0)
                    - (own_seconds() - own0)) / load.seconds if load.seconds else 0.0
         if profiler is not None:
-            self.finish_profiler(scenario, profiler)
+            self.finish_profiler(scenario, profiler, profile_round)
         row = Row(scenario.name, target.name, load.rps, load.p50_ms, load.p99_ms,
                   load.errors, load.requests,
                   cpu * 1000 / load.requests if load.requests else 0.0,
@@ -606,21 +615,32 @@ class Bench:
               flush=True)
         return row
 
-    def start_profiler(self, scenario: Scenario, target: str,
-                       server: Server) -> subprocess.Popen[bytes] | None:
-        """py-spy on the gateway during this run, when `--profile` names the scenario."""
+    def start_profiler(self, scenario: Scenario, target: str, server: Server,
+                       round_no: int) -> subprocess.Popen[bytes] | None:
+        """py-spy on the gateway during this run, when `--profile` names the scenario: the
+        first round records collapsed stacks (summarised below), the second a flame graph
+        (SVG, kept in loadtest/results/). Figures of profiled runs are a little low."""
         if target != "llmapi" or scenario.name not in self.args.profile:
             return None
-        out = self.workdir / f"profile-{scenario.name}.txt"
         return subprocess.Popen(
             [tool_path("py-spy"), "record", "--pid", str(server.proc.pid), "--rate", "250",
-             "--format", "raw", "--nonblocking", "--output", str(out),
+             "--format", "raw" if round_no == 0 else "flamegraph", "--nonblocking",
+             "--output", str(self.profile_path(scenario, round_no)),
              "--duration", str(max(1, round(self.args.duration)))],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def finish_profiler(self, scenario: Scenario, profiler: subprocess.Popen[bytes]) -> None:
+    def profile_path(self, scenario: Scenario, round_no: int) -> Path:
+        if round_no == 0:
+            return self.workdir / f"profile-{scenario.name}.txt"
+        return RESULTS / f"flame-{scenario.name}-{time.strftime('%Y%m%d-%H%M')}.svg"
+
+    def finish_profiler(self, scenario: Scenario, profiler: subprocess.Popen[bytes],
+                        round_no: int) -> None:
         profiler.wait(60)
-        out = self.workdir / f"profile-{scenario.name}.txt"
+        out = self.profile_path(scenario, round_no)
+        if round_no == 1:
+            print(f"  flame graph {out}" if out.exists() else "  flame graph: py-spy failed")
+            return
         if out.exists():
             summary = summarize_profile(out.read_text())
             self.extra.setdefault("profiles", {})[scenario.name] = summary
@@ -887,6 +907,15 @@ def target_checks(bench: Bench) -> list[dict[str, Any]]:
     r = row("stream50-openai", "llmapi")
     check("streamed 50 chunks openai (full conversion)", r.rps if r else None,
           TARGET_STREAM_RPS, True, "req/s")
+    r = row("stream50-openai", "llmapi")
+    check("streamed 50 chunks openai (issue 19)", r.rps if r else None,
+          TARGET_STREAM50_OPENAI_RPS, True, "req/s")
+    for scen in ("small-openai", "small-anthropic"):
+        mine, floor = row(scen, "llmapi"), row(scen, "aiohttp-floor")
+        if mine and floor and floor.cpu_ms_per_request:
+            check(f"CPU/request vs the aiohttp floor's, {scen} (every feature on)",
+                  mine.cpu_ms_per_request / floor.cpu_ms_per_request, TARGET_CPU_VS_FLOOR,
+                  False, "x")
     r = row("stream50-anthropic", "llmapi")
     check("pass-through stream vs direct ceiling", r.ratio_vs_direct if r else None,
           TARGET_PASS_RATIO, True, "ratio")
@@ -990,11 +1019,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "fake-upstream", [py, "-m", "gateway", "fake-upstream", "--port", str(up_port)],
             cpus["upstream"], workdir / "fake-upstream.log", upstream, "/_fake/health")
         servers.append(bench.upstream)
-        gateways = [("llmapi", True)] + ([("llmapi-noacct", False)] if args.accounting_compare
-                                         else [])
-        for name, accounting in gateways:
+        gateways = [("llmapi", True, "lean")]
+        if args.accounting_compare:
+            gateways.append(("llmapi-noacct", False, "lean"))
+        if args.client_compare:
+            gateways.append(("llmapi-aiohttp", True, "aiohttp"))
+        for name, accounting, client in gateways:
             port = free_port()
-            config = gateway_config(workdir, name, port, upstream, accounting)
+            config = gateway_config(workdir, name, port, upstream, accounting, client)
             if not bench.keys:
                 bench.keys = await make_keys(config, 1, 1)
             server = start_process(name, [py, "-m", "gateway", "serve", "--config", str(config)],
@@ -1002,14 +1034,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                    f"http://127.0.0.1:{port}", "/health")
             servers.append(server)
             bench.servers[name] = server
-        if args.floor:
+        for floor, client in (("aiohttp-floor", "aiohttp"), ("lean-floor", "lean")):
+            if not args.floor:
+                break
             port = free_port()
             server = start_process(
-                "aiohttp-floor", [py, str(ROOT / "loadtest" / "floor_relay.py"), "--port",
-                                  str(port), "--upstream", upstream],
-                cpus["gateway"], workdir / "floor.log", f"http://127.0.0.1:{port}", "/health")
+                floor, [py, str(ROOT / "loadtest" / "floor_relay.py"), "--port",
+                        str(port), "--upstream", upstream, "--client", client],
+                cpus["gateway"], workdir / f"{floor}.log", f"http://127.0.0.1:{port}", "/health")
             servers.append(server)
-            bench.servers["aiohttp-floor"] = server
+            bench.servers[floor] = server
         if args.compare == "litellm":
             exe = ensure_litellm(RESULTS / "litellm-venv")
             port = free_port()
@@ -1100,7 +1134,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", nargs="*", default=[], metavar="SCENARIO",
                         help="record the gateway with py-spy during these scenarios")
     parser.add_argument("--no-floor", dest="floor", action="store_false",
-                        help="skip the minimal aiohttp relay (floor_relay.py)")
+                        help="skip the minimal relays (floor_relay.py, both clients)")
+    parser.add_argument("--no-client-compare", dest="client_compare", action="store_false",
+                        help="skip the gateway with `upstream_client = \"aiohttp\"`")
     parser.add_argument("--paced-rate", type=float, default=1000.0,
                         help="req/s offered over --connections for the paced latency run "
                              "(wrk only; 0: skip)")
@@ -1111,7 +1147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.seq_rounds, args.seq_requests = 0.3, 0.1, 1, 5
-        args.rounds, args.floor = 1, False
+        args.rounds, args.floor, args.client_compare = 1, False, False
         args.open_streams, args.soak, args.connections = 0, 0.0, min(args.connections, 4)
         args.no_wrk = True
     return args
