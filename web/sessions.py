@@ -48,12 +48,18 @@ def load_or_create_secret(config: Config) -> bytes:
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     key = Fernet.generate_key()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process won the race: use its key
-        return _read_secret(path)
+    # Written whole under a private name, then linked into place: a second process starting
+    # at the same moment sees either no file or the complete key, never an empty one.
+    tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key + b"\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:  # another process won the race: use its key
+        return _read_secret(path)
+    finally:
+        tmp.unlink()
     log.info("generated a new session secret in %s", path)
     return base64.urlsafe_b64decode(key)
 

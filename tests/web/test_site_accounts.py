@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from gateway.accounts import codes as email_codes
 from tests.helpers.gateway import Gateway, GatewayFactory
@@ -349,6 +352,24 @@ async def test_session_secret_is_generated_once_with_private_permissions(
     first = path.read_bytes()
     await gateway_factory()
     assert path.read_bytes() == first
+
+
+def test_processes_starting_together_agree_on_one_session_secret(tmp_path: Path) -> None:
+    """Two gateways started at once on one data folder (bench.py does) must not read a key
+    file the other has created but not yet written."""
+    script = ("import sys; from tests.helpers.gateway import make_config; "
+              "from web.sessions import load_or_create_secret; from pathlib import Path; "
+              "sys.stdout.write(load_or_create_secret(make_config(Path(sys.argv[1]))).hex())")
+    for attempt in range(3):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(folder)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(6)]
+        results = [p.communicate(timeout=60) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [err for _, err in results]
+        assert len({out for out, _ in results}) == 1
+        assert [f.name for f in folder.iterdir() if f.name.startswith(".")] == []
 
 
 async def test_json_auth_endpoints_for_scripts(gateway: Gateway) -> None:
