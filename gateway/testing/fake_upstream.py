@@ -98,6 +98,9 @@ Scenarios
                     ``<system-reminder>`` sections are skipped), finish
                     ``tool_calls``. Once a tool result is present: the text ``Done.``, finish
                     ``stop``.
+``run_command``     for the Codex CLI end-to-end test: as ``write_file``, but the one call is
+                    to Codex's ``exec_command`` tool with ``{"cmd": "printf '...' > P"}``
+                    (the command writes the same content to P).
 ``error_midstream`` the text's first ceil(``chunks``/2) pieces, then an error in the stream
                     (OpenAI: ``data: {"error": {...}}``; Anthropic: ``event: error`` with
                     ``overloaded_error``) and the end of the body, no finish and no usage.
@@ -173,6 +176,7 @@ SCENARIOS = (
     "echo",
     "image_check",
     "write_file",
+    "run_command",
     "error_midstream",
 )
 USAGE_MODES = ("final", "finish", "none")
@@ -466,7 +470,8 @@ def _finished(script: Script, pieces: Iterable[Piece], finish: str) -> Answer:
 
 
 def request_answer(script: Script, body: Mapping[str, Any], protocol: Protocol) -> Answer:
-    """The answer of a scenario that looks at the request (echo, image_check, write_file)."""
+    """The answer of a scenario that looks at the request (echo, image_check, write_file,
+    run_command)."""
     messages = _messages(body)
     if script.scenario == "echo":
         text = orjson.dumps(_summary(body, protocol, messages)).decode()
@@ -479,8 +484,12 @@ def request_answer(script: Script, body: Mapping[str, Any], protocol: Protocol) 
         if path is None:
             text = "write_file: no absolute path in the last user message"
         else:
-            arguments = orjson.dumps({"file_path": path, "content": WRITE_CONTENT}).decode()
-            pieces = [Piece("tool", "", 0, "Write")]
+            tool, arguments = "Write", orjson.dumps(
+                {"file_path": path, "content": WRITE_CONTENT}).decode()
+            if script.scenario == "run_command":
+                command = f"printf '{WRITE_CONTENT.replace(chr(10), chr(92) + 'n')}' > {path}"
+                tool, arguments = "exec_command", orjson.dumps({"cmd": command}).decode()
+            pieces = [Piece("tool", "", 0, tool)]
             pieces += [Piece("args", t, 0) for t in _split(arguments, max(1, script.chunks))]
             return _finished(script, pieces, "tool_calls")
     return _finished(script, [Piece("text", t) for t in _split(text, script.chunks)], "stop")
