@@ -174,6 +174,18 @@ class WebConfig:
     login_window: int = 900                                # seconds
 
 
+SITE_LANGUAGES = ("zh-CN", "en")
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """What the public site looks like before a visitor says otherwise."""
+
+    default_language: str = "en"      # when neither ?lang=, the cookie nor Accept-Language decide
+    legal_dir: str = ""               # folder of terms.md, privacy.md, refunds.md; "" = built-in
+    recommended_plan: str = ""        # marked on the landing and pricing; "" = middle paid plan
+
+
 @dataclass(frozen=True, slots=True)
 class MailConfig:
     """Outgoing e-mail; without `smtp_host` messages stay in the outbox table and the log."""
@@ -275,6 +287,7 @@ class Config:
     plans: tuple[PlanConfig, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
     mail: MailConfig = field(default_factory=MailConfig)
     google: GoogleConfig = field(default_factory=GoogleConfig)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
@@ -575,6 +588,17 @@ def _route(r: _Reader, name: str, providers: dict[str, ProviderConfig]) -> Route
     return route
 
 
+def _site(r: _Reader) -> SiteConfig:
+    d = SiteConfig()
+    language = r.get("default_language", str, d.default_language)
+    if language not in SITE_LANGUAGES:
+        raise r.error("default_language", f"must be one of {', '.join(SITE_LANGUAGES)}")
+    site = SiteConfig(default_language=language, legal_dir=r.get("legal_dir", str, d.legal_dir),
+                      recommended_plan=r.get("recommended_plan", str, d.recommended_plan))
+    r.finish()
+    return site
+
+
 def _remote(r: _Reader) -> RemoteConfig:
     d = RemoteConfig()
     triggers = r.get("triggers", list, list(d.triggers))
@@ -687,6 +711,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
         plan = _plan(reader, plans.get(plan_name) if isinstance(plan_name, str) else None)
         plans[plan.name] = plan
     web = _web(root.sub("web"), env)
+    site = _site(root.sub("site"))
     mail = _mail(root.sub("mail"), env)
     google = _google(root.sub("google"))
     final_providers = tuple(providers) or (DEMO_PROVIDER,)
@@ -701,6 +726,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
         routing=routing,
         plans=tuple(plans.values()),
         web=web,
+        site=site,
         mail=mail,
         google=google,
         remote=remote,

@@ -66,3 +66,13 @@ VALUES (:request_id, :user_id, :key_id, :client_model, :provider, :upstream_mode
 UPDATE subscriptions
 SET tokens_used = tokens_used + :tokens, requests_used = requests_used + :requests
 WHERE user_id = :user_id;
+
+-- name: dash_tokens_between
+-- Requests and tokens by kind in [since, until): today against yesterday, the breakdown.
+SELECT COUNT(*) AS requests,
+       COALESCE(SUM(input_tokens), 0) AS input_tokens,
+       COALESCE(SUM(output_tokens), 0) AS output_tokens,
+       COALESCE(SUM(thinking_tokens), 0) AS thinking_tokens,
+       COALESCE(SUM(cache_read_tokens), 0) AS cache_read_tokens,
+       COALESCE(SUM(cache_creation_tokens), 0) AS cache_creation_tokens
+FROM usage_logs WHERE user_id = :user_id AND created_at >= :since AND created_at < :until;

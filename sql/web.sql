@@ -99,3 +99,8 @@ WHERE user_id = :user_id AND revoked_at IS NULL;
 
 -- name: site_user_forget_identities
 DELETE FROM user_identities WHERE user_id = :user_id;
+
+-- name: site_user_set_email
+-- Only when no other account has the address (the unique index decides a race too).
+UPDATE users SET email = :email, updated_at = :now
+WHERE id = :id AND NOT EXISTS (SELECT 1 FROM users WHERE email = :email AND id <> :id);

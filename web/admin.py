@@ -12,6 +12,7 @@ from gateway.config import CONFIG
 from gateway.reports import admin, catalog
 from gateway.reports.health import health_snapshot
 from web.guards import require_admin
+from web.i18n import _
 from web.responses import (
     client_ip,
     db_of,
@@ -102,10 +103,10 @@ async def _user_action(request: web.Request, field: str) -> web.Response:
             raise web.HTTPNotFound() from None
         return await render(request, "partials/admin_user_row.html", {
             "u": row, "plans": await catalog.plans(db), "row_error": error,
-            "row_saved": "" if error else "Saved", "back": safe_next(form.get("back"),
+            "row_saved": "" if error else _("Saved"), "back": safe_next(form.get("back"),
                                                                       "/admin/users")},
             status=422 if error else 200, forms=True)
-    await flash(request, f"Not changed: {error}" if error else "Saved.")
+    await flash(request, _("Not changed: %(error)s", error=error) if error else _("Saved."))
     redirect(safe_next(form.get("back"), "/admin/users"))
 
 

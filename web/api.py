@@ -42,7 +42,7 @@ def reply(data: Any, status: int = 200) -> web.Response:
 
 
 def _invalid(exc: SiteAccountError | AccountError) -> ApiError:
-    message = exc.message if isinstance(exc, SiteAccountError) else str(exc)
+    message = str(exc)
     field = getattr(exc, "field", "")
     return ApiError("invalid_request_error", f"{field}: {message}" if field else message)
 
@@ -91,7 +91,7 @@ async def auth_resend(request: web.Request) -> web.Response:
         await site_accounts.resend_code(db_of(request), site_of(request).mailer,
                                         form.get("email", ""), public_url(request))
     except SiteAccountError as exc:
-        raise ApiError("rate_limit_error", exc.message,
+        raise ApiError("rate_limit_error", str(exc),
                        headers={"retry-after": str(exc.retry_after or 60)}) from None
     return reply({"sent": True}, 202)
 
@@ -104,9 +104,9 @@ async def auth_login(request: web.Request) -> web.Response:
                                             client_ip(request))
     except SiteAccountError as exc:
         if exc.retry_after:
-            raise ApiError("rate_limit_error", exc.message,
+            raise ApiError("rate_limit_error", str(exc),
                            headers={"retry-after": str(exc.retry_after)}) from None
-        raise ApiError("authentication_error", exc.message) from None
+        raise ApiError("authentication_error", str(exc)) from None
     if result.needs_verification:
         raise ApiError("permission_error",
                        "e-mail address not verified: POST /api/auth/verify with the code")

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp_session import get_session
 
+from gateway.accounts import recovery
 from gateway.accounts import signup as site_accounts
 from gateway.accounts.signup import SiteAccountError
 from gateway.accounts.users import AccountError, NewKey
 from gateway.reports import dashboard
 from web.guards import require_user
+from web.i18n import _, translated
 from web.responses import (
     NO_STORE,
     db_of,
@@ -22,6 +26,7 @@ from web.responses import (
     public_url,
     redirect,
     render,
+    site_of,
 )
 from web.sessions import SiteUser, forget_loaded_user, refresh_stamp, sign_out
 from web.usage_chart import layout_chart
@@ -80,7 +85,7 @@ async def create_key(request: web.Request) -> web.Response:
         new_key = await dashboard.add_key(db_of(request), user.id, user.email,
                                           form.get("name", ""))
     except AccountError as exc:
-        error = str(exc)
+        error = translated(exc)
     status = 422 if error else 201
     if is_htmx(request):
         ctx = await _dashboard_context(request, user, ("keys",))
@@ -101,32 +106,85 @@ async def revoke_key(request: web.Request) -> web.Response:
         key_id = int(request.match_info["key_id"])
         await dashboard.revoke_own_key(db_of(request), user.id, key_id)
     except (ValueError, AccountError):
-        raise web.HTTPNotFound(reason="No such key") from None
+        raise web.HTTPNotFound(reason=_("No such key")) from None
     if is_htmx(request):
         ctx = await _dashboard_context(request, user, ("keys",))
+        ctx["revoked"] = True  # the notice takes the focus the removed button had
         return await render(request, "partials/keys.html", ctx, forms=True,
                             headers={"HX-Trigger": "keys-changed"})
-    await flash(request, "The key was revoked; requests using it now fail.")
+    await flash(request, _("The key was revoked; requests using it now fail."))
     redirect("/dashboard#keys")
 
 
+async def _settings_extra(request: web.Request, user: SiteUser) -> dict[str, Any]:
+    """What the settings partials need beyond the user: a pending e-mail change, and the
+    paid time a deletion would give up (so the page can warn before it happens)."""
+    session = await get_session(request)
+    pending = session.get("pending_email")
+    sub = await db_of(request).fetch_one("dash_plan_of_user", {"user_id": user.id})
+    paid_left = None
+    now = time.time()
+    if sub is not None and sub["paid_until"] and sub["paid_until"] > now:
+        paid_left = {"plan": sub["plan"], "paid_until": sub["paid_until"],
+                     "days": max(1, int((sub["paid_until"] - now) // 86400))}
+    return {"pending_email": pending if isinstance(pending, str) else "",
+            "paid_left": paid_left}
+
+
 async def settings_page(request: web.Request) -> web.Response:
-    await require_user(request)
-    return await render(request, "pages/settings.html", {"errors": {}, "saved": ""},
-                        forms=True)
+    user = await require_user(request)
+    return await render(request, "pages/settings.html", {
+        "errors": {}, "saved": "", **await _settings_extra(request, user)}, forms=True)
 
 
 async def _settings_reply(request: web.Request, user: SiteUser, partial: str,
                           errors: dict[str, str], saved: str) -> web.Response:
     status = 422 if errors else 200
+    extra = await _settings_extra(request, user)
     if is_htmx(request):
-        return await render(request, partial, {"errors": errors, "saved": saved},
+        return await render(request, partial, {"errors": errors, "saved": saved, **extra},
                             status=status, forms=True)
     if not errors:
         await flash(request, saved)
         redirect("/settings")
-    return await render(request, "pages/settings.html", {"errors": errors, "saved": ""},
-                        status=status, forms=True)
+    return await render(request, "pages/settings.html",
+                        {"errors": errors, "saved": "", **extra}, status=status, forms=True)
+
+
+async def change_email(request: web.Request) -> web.Response:
+    """Step one of an e-mail change: a code to the new address."""
+    user = await require_user(request)
+    form = await form_data(request)
+    try:
+        new_email = await recovery.request_email_change(
+            db_of(request), site_of(request).mailer, user.id, form.get("new_email", ""),
+            public_url(request))
+    except SiteAccountError as exc:
+        return await _settings_reply(request, user, "partials/settings_email.html",
+                                     {exc.field or "new_email": translated(exc)}, "")
+    (await get_session(request))["pending_email"] = new_email
+    return await _settings_reply(request, user, "partials/settings_email.html", {},
+                                 _("A code is on its way to %(email)s.", email=new_email))
+
+
+async def confirm_email(request: web.Request) -> web.Response:
+    """Step two: the code from the new address moves the account there."""
+    user = await require_user(request)
+    form = await form_data(request)
+    session = await get_session(request)
+    pending = session.get("pending_email")
+    new_email = pending if isinstance(pending, str) and pending else form.get("new_email", "")
+    try:
+        await recovery.confirm_email_change(db_of(request), site_of(request).mailer, user.id,
+                                            new_email, form.get("code", ""),
+                                            public_url(request))
+    except SiteAccountError as exc:
+        return await _settings_reply(request, user, "partials/settings_email.html",
+                                     {exc.field or "code": translated(exc)}, "")
+    session.pop("pending_email", None)
+    forget_loaded_user(request)
+    return await _settings_reply(request, user, "partials/settings_email.html", {},
+                                 _("Your e-mail address is now %(email)s.", email=new_email))
 
 
 async def change_name(request: web.Request) -> web.Response:
@@ -136,10 +194,10 @@ async def change_name(request: web.Request) -> web.Response:
         await site_accounts.change_name(db_of(request), user.id, form.get("name", ""))
     except SiteAccountError as exc:
         return await _settings_reply(request, user, "partials/settings_name.html",
-                                     {exc.field or "name": exc.message}, "")
+                                     {exc.field or "name": translated(exc)}, "")
     forget_loaded_user(request)  # the page shows the new name
     return await _settings_reply(request, user, "partials/settings_name.html", {},
-                                 "Your name was saved.")
+                                 _("Your name was saved."))
 
 
 async def change_password(request: web.Request) -> web.Response:
@@ -151,10 +209,10 @@ async def change_password(request: web.Request) -> web.Response:
             form.get("new_password", ""), form.get("confirm_password", ""))
     except SiteAccountError as exc:
         return await _settings_reply(request, user, "partials/settings_password.html",
-                                     {exc.field or "current_password": exc.message}, "")
+                                     {exc.field or "current_password": translated(exc)}, "")
     await refresh_stamp(request, new_hash)
     return await _settings_reply(request, user, "partials/settings_password.html", {},
-                                 "Your password was changed; other browsers are signed out.")
+                                 _("Your password was changed; other browsers are signed out."))
 
 
 async def delete_account(request: web.Request) -> web.Response:
@@ -165,9 +223,9 @@ async def delete_account(request: web.Request) -> web.Response:
                                            form.get("confirm_email", ""))
     except SiteAccountError as exc:
         return await _settings_reply(request, user, "partials/settings_delete.html",
-                                     {exc.field or "confirm_email": exc.message}, "")
+                                     {exc.field or "confirm_email": translated(exc)}, "")
     await sign_out(request)
-    await flash(request, "Your account was deleted and its keys revoked.")
+    await flash(request, _("Your account was deleted and its keys revoked."))
     return htmx_redirect(request, "/")
 
 

@@ -2,33 +2,61 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from xml.sax.saxutils import escape
 
 from aiohttp import web
 
 from gateway.billing.payments import PAYMENTS
 from gateway.config import CONFIG
-from gateway.reports import catalog
+from gateway.reports import catalog, savings
 from gateway.reports.health import health_snapshot
+from web import legal
 from web.guards import current_user
+from web.i18n import _, current_language
 from web.responses import db_of, public_url, render, site_of
 
-PUBLIC_PAGES = ("/", "/pricing", "/docs", "/blog", "/login", "/register")
+PUBLIC_PAGES = ("/", "/pricing", "/docs", "/blog", "/login", "/register", "/terms", "/privacy",
+                "/refunds", "/sitemap")
+LEGAL_DIR = Path(__file__).resolve().parent.parent / "templates" / "legal"
 PRIVATE_PREFIXES = ("/dashboard", "/settings", "/orders", "/billing", "/admin", "/remote", "/api/")
 
 
 async def home(request: web.Request) -> web.Response:
     plans = await catalog.plans(db_of(request))
+    rows = savings.savings(plans)
+    config = request.app[CONFIG]
+    base = public_url(request)
+    structured = {
+        "@context": "https://schema.org", "@type": "WebSite", "name": "llmapi", "url": base,
+        "inLanguage": current_language(),
+        "description": _("An Anthropic-compatible API for Claude Code on cheaper models."),
+        "publisher": {"@type": "Organization", "name": "llmapi", "url": base},
+        "offers": [{"@type": "Offer", "name": str(p["name"]).capitalize(),
+                    "price": str(p["price_month"]), "priceCurrency": "CNY",
+                    "url": f"{base}/pricing"} for p in plans],
+    }
     return await render(request, "pages/home.html", {
-        "plans": plans, "posts": site_of(request).posts[:3]})
+        "plans": plans, "posts": site_of(request).posts[:3], "saving_rows": rows,
+        "best": max(rows, key=lambda r: r.percent) if rows else None,
+        "recommended": savings.recommended(plans, config.site.recommended_plan),
+        "compare": {"model": savings.COMPARED_MODEL, "input": savings.INPUT_USD_PER_MTOK,
+                    "output": savings.OUTPUT_USD_PER_MTOK, "rate": savings.CNY_PER_USD,
+                    "source": savings.SOURCE_URL},
+        "structured_data": structured})
 
 
 async def pricing(request: web.Request) -> web.Response:
     payments = request.app.get(PAYMENTS)
+    user = await current_user(request)
+    plans = await catalog.plans(db_of(request))
+    subscription = (await payments.subscription(user.id)
+                    if user is not None and payments is not None else None)
     return await render(request, "pages/pricing.html", {
-        "plans": await catalog.plans(db_of(request)),
+        "plans": plans, "subscription": subscription, "error": "",
+        "recommended": savings.recommended(plans, request.app[CONFIG].site.recommended_plan),
         "payments_enabled": payments is not None and payments.enabled,
-    }, forms=await current_user(request) is not None)
+    }, forms=user is not None)
 
 
 async def docs(request: web.Request) -> web.Response:
@@ -83,3 +111,23 @@ async def robots(request: web.Request) -> web.Response:
     lines += [f"Disallow: {prefix}" for prefix in PRIVATE_PREFIXES]
     lines += ["", f"Sitemap: {public_url(request)}/sitemap.xml", ""]
     return web.Response(text="\n".join(lines), content_type="text/plain")
+
+
+async def legal_page(request: web.Request) -> web.Response:
+    """/terms, /privacy, /refunds: the operator's Markdown, or the neutral starting text."""
+    name = request.path.strip("/")
+    config = request.app[CONFIG]
+    operator_dir = None
+    if config.site.legal_dir:
+        folder = Path(config.site.legal_dir)
+        operator_dir = folder if folder.is_absolute() else config.base_dir / folder
+    path = legal.legal_file(name, current_language(), operator_dir, LEGAL_DIR)
+    title, body = legal.render_legal(path, public_url(request))
+    text_lang = "zh-CN" if path.name.endswith(".zh-CN.md") else "en"
+    return await render(request, "pages/legal.html", {
+        "title": title, "body": body, "text_lang": text_lang})
+
+
+async def sitemap_page(request: web.Request) -> web.Response:
+    """The human sitemap (the footer's link); /sitemap.xml stays for search engines."""
+    return await render(request, "pages/sitemap.html", {"posts": site_of(request).posts})

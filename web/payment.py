@@ -10,9 +10,11 @@ from markupsafe import Markup
 
 from gateway.billing.payments import PAYMENTS, Order, PaymentError, Payments
 from gateway.errors import ApiError
-from gateway.reports import catalog
+from gateway.config import CONFIG
+from gateway.reports import catalog, savings
 from web.api import reply
 from web.guards import api_user, require_user
+from web.i18n import _, translated
 from web.responses import NO_STORE, db_of, form_data, is_htmx, redirect, render
 
 POLL_EVERY = "2s"
@@ -35,10 +37,14 @@ def qr_svg(text: str, title: str) -> Markup:
 
 async def _billing_context(request: web.Request, user_id: int) -> dict[str, Any]:
     payments = payments_of(request)
+    plans = await catalog.plans(db_of(request))
+    chosen = request.query.get("plan", "")
     return {
         "subscription": await payments.subscription(user_id),
-        "plans": [p for p in await catalog.plans(db_of(request)) if p["price_month"] != "0"],
+        "plans": [p for p in plans if p["price_month"] != "0"],
         "payments_enabled": payments.enabled,
+        "recommended": savings.recommended(plans, request.app[CONFIG].site.recommended_plan),
+        "chosen": chosen if any(p["name"] == chosen for p in plans) else "",
         "error": "",
     }
 
@@ -53,11 +59,22 @@ async def checkout(request: web.Request) -> web.Response:
     """POST /billing/checkout (form field `plan`): create the order, show its QR page."""
     user = await require_user(request)
     form = await form_data(request)
+    plan = form.get("plan", "")
+    payments = payments_of(request)
+    sub = await payments.subscription(user.id)
+    if (sub is not None and sub["paid_until"] and sub["plan"] not in (plan, "free")
+            and form.get("confirm_change") != "1"):
+        # Paying for another plan ends the paid time of this one: say so before any QR code.
+        ctx = await _billing_context(request, user.id)
+        ctx["error"] = _("Tick the box to confirm that your %(current)s time ends when the "
+                         "%(plan)s month starts.", current=str(sub["plan"]).capitalize(),
+                         plan=plan.capitalize())
+        return await render(request, "pages/billing.html", ctx, status=422, forms=True)
     try:
-        order = await payments_of(request).checkout(user.id, form.get("plan", ""))
+        order = await payments.checkout(user.id, plan)
     except PaymentError as exc:
         ctx = await _billing_context(request, user.id)
-        ctx["error"] = str(exc)
+        ctx["error"] = translated(exc)
         return await render(request, "pages/billing.html", ctx, status=422, forms=True)
     if is_htmx(request):
         return web.Response(status=204, headers={"HX-Redirect": _order_path(order)})

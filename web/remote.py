@@ -18,6 +18,7 @@ from gateway.remote.hub import REMOTE_HUB, RemoteHub
 from gateway.remote.sessions import RemoteSession, owned_session, sessions_of
 from web.api import reply
 from web.guards import api_user, require_user
+from web.i18n import N_, _, ngettext
 from web.responses import (
     NO_STORE,
     db_of,
@@ -31,7 +32,9 @@ from web.responses import (
 from web.sessions import SiteUser
 from web.site import CONTENT_SECURITY_POLICY
 
-END_REASON = "ended by the user"
+END_REASON = N_("ended by the user")
+# Why the hub ends a session (gateway/remote/hub.py), listed so the catalogue has them.
+HUB_REASONS = (N_("the terminal exited"), N_("expired"))
 LIST_TARGET = "remote-sessions"
 # xterm.js's DOM renderer writes <style> elements and style attributes (cell sizes, 24-bit
 # colours), so this one page allows inline styles. Scripts stay 'self' only, and images,
@@ -42,11 +45,11 @@ TERMINAL_CSP = CONTENT_SECURITY_POLICY.replace("style-src 'self'",
 BADGES = {"connected": "badge-ok", "waiting": "", "offline": "badge-warn",
           "ended": "badge-muted", "expired": "badge-muted"}
 LABELS = {
-    "connected": "Bridge connected",
-    "waiting": "Waiting for the bridge",
-    "offline": "Bridge offline",
-    "ended": "Ended",
-    "expired": "Expired",
+    "connected": N_("Bridge connected"),
+    "waiting": N_("Waiting for the bridge"),
+    "offline": N_("Bridge offline"),
+    "ended": N_("Ended"),
+    "expired": N_("Expired"),
 }
 
 
@@ -63,7 +66,7 @@ class SessionView:
 
     @property
     def label(self) -> str:
-        return LABELS[self.state]
+        return _(LABELS[self.state])
 
     @property
     def badge(self) -> str:
@@ -94,13 +97,16 @@ def view(session: RemoteSession, hub: RemoteHub) -> SessionView:
 
 
 def _hours(hours: float) -> str:
-    return f"{hours:g} hour{'' if hours == 1 else 's'}"
+    if hours == int(hours):
+        return ngettext("%(num)d hour", "%(num)d hours", int(hours))
+    figure = f"{hours:g}"
+    return _("%(hours)s hours", hours=figure)
 
 
 def hub_of(request: web.Request) -> RemoteHub:
     hub = request.app.get(REMOTE_HUB)
     if hub is None:
-        raise web.HTTPNotFound(reason="Remote control is not running")
+        raise web.HTTPNotFound(reason=_("Remote control is not running"))
     return hub
 
 
@@ -108,7 +114,7 @@ async def _own_view(request: web.Request, user: SiteUser) -> SessionView:
     """The signed-in user's session named in the URL; 404 for anyone else's or none."""
     session = await owned_session(db_of(request), request.match_info["session_id"], user.id)
     if session is None:
-        raise web.HTTPNotFound(reason="No such remote session")
+        raise web.HTTPNotFound(reason=_("No such remote session"))
     return view(session, hub_of(request))
 
 
@@ -149,8 +155,8 @@ async def end_session(request: web.Request) -> web.Response:
         return await render(request, "partials/remote_sessions.html", ctx, forms=True,
                             headers=NO_STORE)
     form = await form_data(request)
-    await flash(request, "The remote session was ended; its bridge has been told to exit."
-                if current.is_open else "That remote session had already ended.")
+    await flash(request, _("The remote session was ended; its bridge has been told to exit.")
+                if current.is_open else _("That remote session had already ended."))
     return htmx_redirect(request, safe_next(form.get("next"), "/remote"))
 
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session import STORAGE_KEY, get_session, session_middleware
+from babel.dates import format_date
 from cryptography.fernet import Fernet
 
 from gateway.accounts.google import GoogleVerifier
@@ -33,7 +34,9 @@ from gateway.accounts.throttle import LoginThrottle
 from gateway.config import CONFIG, Config
 from gateway.errors import ERROR_PAGE, ApiError
 from gateway.paths import GOOGLE_CALLBACK, is_api_path, is_hot_path
+from gateway.reports.dashboard import change
 from gateway.store.base import DATABASE
+from web import i18n
 from web.blog import Post, load_posts
 from web.csrf import CsrfError, check_csrf, exempt_from_csrf
 from web.sessions import (
@@ -54,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
 BLOG_DIR = TEMPLATES_DIR / "blog"
+LOCALE_DIR = TEMPLATES_DIR / "locale"
 
 
 @dataclass(slots=True)
@@ -89,11 +93,15 @@ def setup_site(app: web.Application, config: Config) -> None:
     posts = load_posts(BLOG_DIR)
     sessions = session_middleware(cookie_storage(config, secret))
     csp = CONTENT_SECURITY_POLICY
+    i18n.load_catalogues(LOCALE_DIR)
+    default_language = config.site.default_language
 
     @web.middleware
     async def site_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_hot_path(request.path):
             return await handler(request)
+        asked = i18n.normalise(request.query.get("lang"))
+        i18n.set_language(request_language(request, default_language))
 
         async def checked(req: web.Request) -> web.StreamResponse:
             try:
@@ -106,6 +114,8 @@ def setup_site(app: web.Application, config: Config) -> None:
             response = await handler(req)
             if not response.prepared:
                 add_security_headers(response, csp)
+                if asked:
+                    keep_language(response, asked)
             return response
 
         return await sessions(request, checked)
@@ -116,17 +126,26 @@ def setup_site(app: web.Application, config: Config) -> None:
     env = aiohttp_jinja2.setup(
         app, loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=True,
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-        filters=FILTERS)
+        filters=FILTERS, extensions=["jinja2.ext.i18n"])
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        i18n.jinja_gettext, i18n.jinja_ngettext, newstyle=True)
     env.globals.update(
         site_name="llmapi", public_url=config.public_url,
         google_enabled=config.google.enabled, registration_open=config.web.registration,
-        static=_static_urls(), year=datetime.now(UTC).year)
+        static=_static_urls(), year=datetime.now(UTC).year, change=change)
 
     async def error_page(request: web.Request, status: int, message: str) -> web.Response:
-        context = {**await page_context(request), "status": status, "message": message}
+        # The errors middleware sits outside this site's middleware: choose again.
+        i18n.set_language(request_language(request, default_language))
+        context = {**await page_context(request), "status": status,
+                   "message": i18n._(message) if message else ""}
         response = aiohttp_jinja2.render_template("pages/error.html", request, context,
                                                   status=status)
         add_security_headers(response, csp)
+        asked = i18n.normalise(request.query.get("lang"))
+        if asked:
+            keep_language(response, asked)
         return response
 
     app[ERROR_PAGE] = error_page
@@ -137,7 +156,8 @@ def setup_site(app: web.Application, config: Config) -> None:
         timeout = aiohttp.ClientTimeout(total=10, connect=5)
         http = aiohttp.ClientSession(timeout=timeout) if config.google.enabled else None
         app[SITE] = SiteServices(
-            mailer=Mailer(config.mail, db, TEMPLATES_DIR),
+            mailer=Mailer(config.mail, db, TEMPLATES_DIR, i18n.jinja_gettext,
+                          i18n.jinja_ngettext),
             throttle=LoginThrottle.from_config(db, config.web),
             google=GoogleVerifier(config.google, http) if http is not None else None,
             tickets=fernet_for(secret, "sign-in ticket"),
@@ -149,6 +169,29 @@ def setup_site(app: web.Application, config: Config) -> None:
                 await http.close()
 
     app.cleanup_ctx.append(resources)
+
+
+def request_language(request: web.Request, default: str) -> str:
+    return i18n.choose(request.query.get("lang"), request.cookies.get(i18n.COOKIE),
+                       request.headers.get("Accept-Language"), default)
+
+
+def keep_language(response: web.StreamResponse, language: str) -> None:
+    """Remember a `?lang=` choice for a year (Lax and HttpOnly like the session cookie)."""
+    response.set_cookie(i18n.COOKIE, language, max_age=i18n.COOKIE_MAX_AGE, path="/",
+                        samesite="Lax", httponly=True)
+    response.headers.add("Vary", "Cookie, Accept-Language")
+
+
+def switch_links(request: web.Request) -> list[tuple[str, str, str]]:
+    """(language, its own name, this page's URL in it) for the language switch."""
+    links = []
+    for language in i18n.LANGUAGES:
+        query = {k: v for k, v in request.query.items() if k != "lang"}
+        query["lang"] = language
+        links.append((language, i18n.LANGUAGE_NAMES[language],
+                      str(request.rel_url.with_query(query))))
+    return links
 
 
 async def page_context(request: web.Request) -> dict[str, Any]:
@@ -164,8 +207,11 @@ async def page_context(request: web.Request) -> dict[str, Any]:
         token = (await get_session(request)).get("csrf")
         csrf = token if isinstance(token, str) else ""
     config = request.app[CONFIG]
+    language = i18n.current_language()
     return {"user": user, "csrf_token": csrf, "path": request.path,
-            "canonical": config.public_url + request.path, "flash": ""}
+            "canonical": config.public_url + request.path, "flash": "",
+            "lang": language, "languages": switch_links(request),
+            "og_locale": "zh_CN" if language == "zh-CN" else "en_US"}
 
 
 def _static_urls() -> dict[str, str]:
@@ -200,13 +246,21 @@ def _iso(ts: float | None) -> str:
 
 def _ago(ts: float | None) -> str:
     if ts is None:
-        return "never"
+        return i18n._("never")
     seconds = max(0, int(datetime.now(UTC).timestamp() - ts))
-    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
-        if seconds >= size:
-            n = seconds // size
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
-    return "just now"
+    if seconds >= 86400:
+        return i18n.ngettext("%(num)d day ago", "%(num)d days ago", seconds // 86400)
+    if seconds >= 3600:
+        return i18n.ngettext("%(num)d hour ago", "%(num)d hours ago", seconds // 3600)
+    if seconds >= 60:
+        return i18n.ngettext("%(num)d minute ago", "%(num)d minutes ago", seconds // 60)
+    return i18n._("just now")
+
+
+def _long_date(value: Any) -> str:
+    """A date as people write it: "March 4, 2026" or "2026年3月4日"."""
+    locale = "zh_CN" if i18n.current_language() == "zh-CN" else "en_US"
+    return format_date(value, format="long", locale=locale)
 
 
 def _number(value: float | None, digits: int = 0) -> str:
@@ -217,5 +271,5 @@ def _number(value: float | None, digits: int = 0) -> str:
 
 FILTERS: dict[str, Any] = {
     "datetime": _datetime, "date": _date, "iso": _iso, "ago": _ago, "number": _number,
-    "compact": compact,
+    "compact": compact, "long_date": _long_date,
 }

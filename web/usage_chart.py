@@ -10,7 +10,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from babel.dates import format_skeleton
+
 from gateway.reports.dashboard import DayUsage
+from web.i18n import _, current_language
 
 WIDTH = 720
 HEIGHT = 240
@@ -100,15 +103,23 @@ def layout_chart(series: Sequence[DayUsage], width: int = WIDTH,
     gridlines = tuple(Tick(round(plot_bottom - plot_height * f, 2), compact(top_value * f))
                       for f in (0, 0.25, 0.5, 0.75, 1))
     every = max(1, math.ceil(len(series) / 6))
-    dates = tuple(Tick(round(plot_left + i * slot + slot / 2, 2), day.day.strftime("%b %d"))
+    locale = "zh_CN" if current_language() == "zh-CN" else "en_US"
+    dates = tuple(Tick(round(plot_left + i * slot + slot / 2, 2),
+                       format_skeleton("MMMd", day.day, locale=locale))
                   for i, day in enumerate(series) if (len(series) - 1 - i) % every == 0)
     total_tokens = sum(d.tokens for d in series)
     total_requests = sum(d.requests for d in series)
     busiest = max(series, key=lambda d: d.tokens, default=None)
-    summary = f"Tokens per day over the last {len(series)} days: {total_tokens:,} in total"
+    total = f"{total_tokens:,}"
     if busiest is not None and busiest.tokens:
-        summary += f", most on {busiest.day.isoformat()} ({busiest.tokens:,})"
+        most = f"{busiest.tokens:,}"
+        summary = _("Tokens per day over the last %(days)d days: %(total)s in total, most on "
+                    "%(day)s (%(most)s).", days=len(series), total=total,
+                    day=busiest.day.isoformat(), most=most)
+    else:
+        summary = _("Tokens per day over the last %(days)d days: %(total)s in total.",
+                    days=len(series), total=total)
     return Chart(width=width, height=height, plot_left=plot_left, plot_right=plot_right,
                  plot_top=plot_top, plot_bottom=plot_bottom, bars=tuple(bars),
                  gridlines=gridlines, dates=dates, total_tokens=total_tokens,
-                 total_requests=total_requests, summary=summary + ".")
+                 total_requests=total_requests, summary=summary)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
@@ -38,12 +39,23 @@ class Mail:
 class Mailer:
     """Renders `templates/emails/NAME.txt` and delivers or stores the result."""
 
-    def __init__(self, config: MailConfig, db: Store, templates_dir: Path) -> None:
+    def __init__(self, config: MailConfig, db: Store, templates_dir: Path,
+                 gettext: Callable[[str], str] | None = None,
+                 ngettext: Callable[[str, str, int], str] | None = None) -> None:
         self.config = config
         self.db = db
         self._env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(templates_dir / "emails"), autoescape=False,
-            undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+            undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+            extensions=["jinja2.ext.i18n"])
+        self._env.policies["ext.i18n.trimmed"] = True
+        # The site passes its catalogue lookups (the language of the request being handled,
+        # or of the recipient); without them the messages stay in English.
+        if gettext is not None and ngettext is not None:
+            self._env.install_gettext_callables(  # type: ignore[attr-defined]
+                gettext, ngettext, newstyle=True)
+        else:
+            self._env.install_null_translations(newstyle=True)  # type: ignore[attr-defined]
 
     def render(self, template: str, to: str, **context: Any) -> Mail:
         tmpl = self._env.get_template(f"{template}.txt")

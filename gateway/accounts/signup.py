@@ -41,11 +41,17 @@ def _dummy_hash() -> str:
 
 
 class SiteAccountError(Exception):
-    """A problem the user can fix; `field` names the form field it belongs to."""
+    """A problem the user can fix; `field` names the form field it belongs to.
 
-    def __init__(self, message: str, field: str = "", retry_after: int = 0) -> None:
-        super().__init__(message)
+    `message` is an English gettext message with `%(name)s` placeholders filled from
+    `params`, so the site can show it in the visitor's language (`_(message, **params)`);
+    `str(exc)` is the English text for logs and the JSON API."""
+
+    def __init__(self, message: str, field: str = "", retry_after: int = 0,
+                 **params: Any) -> None:
+        super().__init__(message % params if params else message)
         self.message = message
+        self.params = params
         self.field = field
         self.retry_after = retry_after
 
@@ -63,15 +69,15 @@ def clean_email(email: str) -> str:
 def clean_name(name: str) -> str:
     name = " ".join(name.split())
     if len(name) > MAX_NAME:
-        raise SiteAccountError(f"keep the name under {MAX_NAME} characters", "name")
+        raise SiteAccountError("keep the name under %(max)d characters", "name", max=MAX_NAME)
     return name
 
 
 def check_new_password(password: str, email: str = "", field: str = "password") -> None:
     if len(password) < MIN_PASSWORD:
-        raise SiteAccountError(f"use at least {MIN_PASSWORD} characters", field)
+        raise SiteAccountError("use at least %(min)d characters", field, min=MIN_PASSWORD)
     if len(password) > MAX_PASSWORD:
-        raise SiteAccountError(f"use at most {MAX_PASSWORD} characters", field)
+        raise SiteAccountError("use at most %(max)d characters", field, max=MAX_PASSWORD)
     if email and password.strip().lower() == email:
         raise SiteAccountError("the password must not be your e-mail address", field)
 
@@ -131,8 +137,8 @@ async def resend_code(db: Store, mailer: Mailer, email: str, site_url: str) -> N
     email = clean_email(email)
     wait = await email_codes.seconds_until_resend(db, email, REGISTER)
     if wait:
-        raise SiteAccountError(f"a code was just sent; you can ask again in {wait} s", "code",
-                               retry_after=wait)
+        raise SiteAccountError("a code was just sent; you can ask again in %(wait)d s", "code",
+                               retry_after=wait, wait=wait)
     user = await db.fetch_one("user_by_email", {"email": email})
     if user is not None and not user["email_verified"]:
         await send_code(db, mailer, email, site_url)
@@ -143,13 +149,27 @@ async def verify(db: Store, email: str, code: str) -> Any:
     email = clean_email(email)
     user = await db.fetch_one("user_by_email", {"email": email})
     if user is None or user["email_verified"]:
-        raise SiteAccountError(email_codes.CodeProblem.MISSING.value, "code")
+        raise code_error(email_codes.CodeError(email_codes.CodeProblem.MISSING))
     try:
         await email_codes.check_code(db, email, REGISTER, code)
     except email_codes.CodeError as exc:
-        raise SiteAccountError(str(exc), "code") from None
+        raise code_error(exc) from None
     await db.execute("site_user_mark_verified", {"id": user["id"], "now": time.time()})
     return await db.fetch_one("user_by_id", {"id": user["id"]})
+
+
+def code_error(exc: email_codes.CodeError, field: str = "code") -> SiteAccountError:
+    """The form's words for a refused code (literal here so the catalogue extracts them)."""
+    problem = email_codes.CodeProblem
+    if exc.problem is problem.EXPIRED:
+        return SiteAccountError("this code has expired; ask for a new one", field)
+    if exc.problem is problem.LOCKED:
+        return SiteAccountError("too many wrong codes; ask for a new one", field)
+    if exc.problem is problem.WRONG:
+        return SiteAccountError("this code is not right (attempts left: %(left)d)", field,
+                                left=exc.attempts_left)
+    return SiteAccountError("no code was sent to this address, or it was already used; "
+                            "ask for a new one", field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +188,8 @@ async def log_in(db: Store, throttle: LoginThrottle, email: str, password: str,
         raise SiteAccountError("wrong e-mail address or password", "password") from None
     wait = await throttle.retry_after(email, ip)
     if wait:
-        raise SiteAccountError(f"too many failed attempts; try again in {_duration(wait)}",
-                               "password", retry_after=wait)
+        raise SiteAccountError("too many failed attempts; try again in %(wait)s",
+                               "password", retry_after=wait, wait=_duration(wait))
     user = await db.fetch_one("user_by_email", {"email": email})
     stored = user["password_hash"] if user is not None and user["password_hash"] else ""
     ok = await asyncio.to_thread(verify_password, password, stored or _dummy_hash())

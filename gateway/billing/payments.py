@@ -49,7 +49,13 @@ RECONCILE_BATCH = 100
 
 
 class PaymentError(Exception):
-    """A checkout the user or operator can understand (no such plan, payments off...)."""
+    """A checkout the user or operator can understand (no such plan, payments off...).
+    Like `SiteAccountError`: an English gettext `message` with `%(name)s` `params`."""
+
+    def __init__(self, message: str, **params: Any) -> None:
+        super().__init__(message % params if params else message)
+        self.message = message
+        self.params = params
 
 
 def parse_amount(text: str) -> Decimal | None:
@@ -170,13 +176,14 @@ class Payments:
         now = time.time() if now is None else now
         plan = await self.db.fetch_one("plan_by_name", {"name": plan_name})
         if plan is None:
-            raise PaymentError(f"there is no plan called {plan_name!r}")
+            raise PaymentError("there is no plan called \"%(plan)s\"", plan=plan_name)
         amount = format_amount(plan["price_month"])
         if Decimal(amount) <= 0:
-            raise PaymentError(f"the {plan_name} plan is free: nothing to pay")
+            raise PaymentError("the %(plan)s plan is free: nothing to pay", plan=plan_name)
         sub = await self.db.fetch_one("subscription_by_user", {"user_id": user_id})
         if sub is not None and sub["plan"] == plan_name and sub["paid_until"] is None:
-            raise PaymentError(f"you already have the {plan_name} plan without an end date")
+            raise PaymentError("you already have the %(plan)s plan without an end date",
+                               plan=plan_name)
         found = await self.db.fetch_one("order_open_for_plan", {
             "user_id": user_id, "plan": plan_name, "amount": amount,
             "since": now - min(REUSE_ORDER_FOR, self.config.order_timeout / 2)})
@@ -205,7 +212,7 @@ class Payments:
     async def order(self, out_trade_no: str) -> Order:
         row = await self.db.fetch_one("order_by_out_trade_no", {"out_trade_no": out_trade_no})
         if row is None:
-            raise PaymentError(f"no order {out_trade_no}")
+            raise PaymentError("no order %(order)s", order=out_trade_no)
         return _order(row)
 
     async def order_of_user(self, user_id: int, out_trade_no: str) -> Order | None:

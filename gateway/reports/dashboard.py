@@ -19,6 +19,40 @@ MAX_KEY_NAME = 60
 
 
 @dataclass(frozen=True, slots=True)
+class TokenCounts:
+    """Requests and tokens by kind over some span (input here excludes cache reads/writes)."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    thinking_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return (self.input_tokens + self.output_tokens + self.cache_read_tokens
+                + self.cache_creation_tokens)
+
+
+def change(today: int, yesterday: int) -> int | None:
+    """Whole per cent today against yesterday; None when yesterday had nothing to compare."""
+    if yesterday <= 0:
+        return None
+    return round(100 * (today - yesterday) / yesterday)
+
+
+async def token_counts(db: Database, user_id: int, since: float, until: float) -> TokenCounts:
+    row = await db.fetch_one("dash_tokens_between",
+                             {"user_id": user_id, "since": since, "until": until})
+    if row is None:
+        return TokenCounts()
+    return TokenCounts(**{k: int(row[k] or 0) for k in (
+        "requests", "input_tokens", "output_tokens", "thinking_tokens", "cache_read_tokens",
+        "cache_creation_tokens")})
+
+
+@dataclass(frozen=True, slots=True)
 class Overview:
     plan: str
     price_month: str
@@ -34,6 +68,17 @@ class Overview:
     requests_period: int
     avg_ttft_ms: float | None
     avg_tokens_per_second: float | None
+    today: TokenCounts | None = None
+    yesterday: TokenCounts | None = None
+    period: TokenCounts | None = None
+
+    @property
+    def quota_warning(self) -> int:
+        """80 or 100 once that share of the monthly tokens is used, else 0."""
+        percent = self.quota_percent
+        if percent is None:
+            return 0
+        return 100 if percent >= 100 else 80 if percent >= 80 else 0
 
     @property
     def quota_percent(self) -> float | None:
@@ -80,6 +125,7 @@ async def overview(db: Store, user_id: int, now: float | None = None) -> Overvie
     speed = await db.fetch_one("dash_speed_since",
                                {"user_id": user_id, "since": sub["period_start"]})
     keys = await db.fetch_all("dash_keys", {"user_id": user_id})
+    midnight = start_of_day(now)
     return Overview(
         plan=sub["plan"], price_month=sub["price_month"], monthly_tokens=sub["monthly_tokens"],
         tokens_used=sub["tokens_used"], period_start=sub["period_start"],
@@ -89,6 +135,9 @@ async def overview(db: Store, user_id: int, now: float | None = None) -> Overvie
         requests_period=period["requests"] if period else 0,
         avg_ttft_ms=speed["ttft_ms"] if speed else None,
         avg_tokens_per_second=speed["tokens_per_second"] if speed else None,
+        today=await token_counts(db, user_id, midnight, now + 1),
+        yesterday=await token_counts(db, user_id, midnight - DAY, midnight),
+        period=await token_counts(db, user_id, sub["period_start"], now + 1),
     )
 
 

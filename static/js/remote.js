@@ -28,6 +28,11 @@
 
   const sessionId = box.dataset.session;
   const statusEl = document.getElementById("remote-status");
+  // The page carries the words in its own language (data-text-connecting, ...).
+  Object.keys(STATUS_TEXT).forEach(function (state) {
+    const key = "text" + state.charAt(0).toUpperCase() + state.slice(1);
+    if (statusEl && statusEl.dataset[key]) { STATUS_TEXT[state] = statusEl.dataset[key]; }
+  });
   const lineForm = document.getElementById("term-line");
   const lineInput = document.getElementById("term-line-text");
   const keyButtons = document.querySelectorAll(".term-key");
