@@ -9,8 +9,8 @@ from aiohttp import web
 from markupsafe import Markup
 
 from gateway.billing.payments import PAYMENTS, Order, PaymentError, Payments
-from gateway.errors import ApiError
 from gateway.config import CONFIG
+from gateway.errors import ApiError
 from gateway.reports import catalog, savings
 from web.api import reply
 from web.guards import api_user, require_user
