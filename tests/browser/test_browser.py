@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import (
     Browser,
     BrowserContext,
+    Dialog,
     Page,
     ViewportSize,
     expect,
@@ -124,7 +125,7 @@ async def test_sign_up_create_and_copy_a_key_and_see_the_chart(browser: Browser,
         browser, site, permissions=["clipboard-read", "clipboard-write"])
     try:
         await page.goto("/")
-        await page.click("text=Create a free account")
+        await page.click("text=Start free, no card needed")
         await page.fill("#name", "Browser Person")
         await page.fill("#email", "browser@example.com")
         await page.fill("#password", PASSWORD)
@@ -196,8 +197,16 @@ async def test_admin_changes_a_users_plan_inline(browser: Browser, site: Gateway
         await htmx_settled(page)
         sub = await site.db.fetch_one("subscription_by_user", {"user_id": target})
         assert sub["plan"] == "team"
+        asked: list[str] = []
+
+        def confirm(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            asyncio.ensure_future(dialog.accept())
+
+        page.once("dialog", confirm)
         await page.locator(f"#user-{target} button:has-text('Suspend')").click()
         await expect(page.locator(f"#user-{target}")).to_contain_text("suspended")
+        assert asked and "customer@example.com" in asked[0]  # confirmed before suspending
         await screenshot(page, "admin-users-desktop")
         await page.goto("/admin/audit")
         await expect(page.locator("table")).to_contain_text("plan free -> team")
@@ -273,7 +282,8 @@ async def test_forms_work_with_javascript_off(browser: Browser, site: Gateway) -
         await page.click("#keys button[type=submit]:has-text('Create key')")
         await expect(page.locator("#new-key-value")).to_be_visible()
         assert (await page.locator("#new-key-value").input_value()).startswith("sk-llmapi-")
-        await expect(page.locator("button[data-copy]")).to_be_hidden()  # needs JavaScript
+        for button in await page.locator("button[data-copy]").all():
+            await expect(button).to_be_hidden()  # copying needs JavaScript
         await page.goto("/dashboard")
         await page.click("#keys button:has-text('Revoke')")
         await page.wait_for_url(re.compile(r"/dashboard"))
