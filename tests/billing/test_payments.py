@@ -173,7 +173,11 @@ async def test_switching_plan_starts_a_new_month_now(shop: Shop) -> None:
     client, uid = await buyer(shop, "switch@example.com")
     try:
         await shop.pay(await buy(client, "starter"))
-        no = await buy(client, "pro")
+        # Paying for another plan ends the paid starter time: refused until confirmed.
+        status, text, _ = await client.post("/billing/checkout", {"plan": "pro"})
+        assert status == 422 and "Starter time ends" in text
+        assert "/billing/orders/" not in text  # no order, no QR code yet
+        no = await buy(client, "pro", confirm_change="1")
         await shop.pay(no)
         sub = await shop.subscription(uid)
         order = await shop.order(no)
