@@ -428,7 +428,7 @@ async def test_admin_revenue_counts_paid_orders_only(shop: Shop) -> None:
     client, _ = await buyer(shop, "payer@example.com")
     try:
         await shop.pay(await buy(client, "pro"))
-        await buy(client, "team")  # pending: no revenue
+        await buy(client, "team", confirm_change="1")  # pending: no revenue
         status, payload = await admin.json("GET", "/api/admin/stats")
         assert status == 200 and payload["revenue_month"] == "29.00"
         assert payload["paid_orders_month"] == 1
