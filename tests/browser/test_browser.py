@@ -199,9 +199,9 @@ async def test_admin_changes_a_users_plan_inline(browser: Browser, site: Gateway
         assert sub["plan"] == "team"
         asked: list[str] = []
 
-        def confirm(dialog: Dialog) -> None:
+        async def confirm(dialog: Dialog) -> None:
             asked.append(dialog.message)
-            asyncio.ensure_future(dialog.accept())
+            await dialog.accept()
 
         page.once("dialog", confirm)
         await page.locator(f"#user-{target} button:has-text('Suspend')").click()
