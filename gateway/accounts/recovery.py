@@ -25,7 +25,7 @@ from gateway.accounts.signup import (
     code_error,
 )
 from gateway.accounts.users import hash_password
-from gateway.store.sqlite import Database
+from gateway.store.base import Store
 
 RESET = "reset"
 
@@ -35,7 +35,7 @@ def change_purpose(user_id: int) -> str:
     return f"change-email:{user_id}"
 
 
-async def request_reset(db: Database, mailer: Mailer, email: str, site_url: str) -> str:
+async def request_reset(db: Store, mailer: Mailer, email: str, site_url: str) -> str:
     """Send a reset code if the address has an active, verified account. Returns the
     cleaned address; raises only for an address that is not one."""
     email = clean_email(email)
@@ -50,7 +50,7 @@ async def request_reset(db: Database, mailer: Mailer, email: str, site_url: str)
     return email
 
 
-async def reset_password(db: Database, email: str, code: str, new: str, confirm: str) -> Any:
+async def reset_password(db: Store, email: str, code: str, new: str, confirm: str) -> Any:
     """Check the code and set the new password; returns the user row."""
     email = clean_email(email)
     check_new_password(new, email, "new_password")
@@ -69,7 +69,7 @@ async def reset_password(db: Database, email: str, code: str, new: str, confirm:
     return await db.fetch_one("user_by_id", {"id": user["id"]})
 
 
-async def request_email_change(db: Database, mailer: Mailer, user_id: int, new_email: str,
+async def request_email_change(db: Store, mailer: Mailer, user_id: int, new_email: str,
                                site_url: str) -> str:
     """Send a confirmation code to the new address; returns it cleaned."""
     new_email = clean_email(new_email)
@@ -90,7 +90,7 @@ async def request_email_change(db: Database, mailer: Mailer, user_id: int, new_e
     return new_email
 
 
-async def confirm_email_change(db: Database, mailer: Mailer, user_id: int, new_email: str,
+async def confirm_email_change(db: Store, mailer: Mailer, user_id: int, new_email: str,
                                code: str, site_url: str) -> str:
     """Check the code sent to `new_email`, then move the account to it."""
     new_email = clean_email(new_email)

@@ -42,7 +42,7 @@ def change(today: int, yesterday: int) -> int | None:
     return round(100 * (today - yesterday) / yesterday)
 
 
-async def token_counts(db: Database, user_id: int, since: float, until: float) -> TokenCounts:
+async def token_counts(db: Store, user_id: int, since: float, until: float) -> TokenCounts:
     row = await db.fetch_one("dash_tokens_between",
                              {"user_id": user_id, "since": since, "until": until})
     if row is None:
