@@ -17,8 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from gateway.access_log import ACCESS_LOG, AccessLog
+from gateway.accounting.admission import ACCOUNTANT, Accountant
+from gateway.accounting.journal import Journal
 from gateway.accounting.keycache import KEY_CACHE, KeyCache
-from gateway.accounting.limits import LIMITS, Limits
+from gateway.accounting.limits import LIMITS, MemoryCounters
 from gateway.accounting.usage import RECORDER, NoopRecorder, UsageRecorder
 from gateway.accounts.plans import sync_plans
 from gateway.api.endpoints import add_api_routes
@@ -105,13 +107,14 @@ async def limits(app: web.Application) -> AsyncIterator[None]:
         app[LIMITS] = None
         yield
         return
-    found = app[LIMITS] = Limits(app[DATABASE], {p.name: p for p in config.plans})
+    found = app[LIMITS] = MemoryCounters(app[DATABASE], {p.name: p for p in config.plans})
 
     def user_changed(event: UserChanged) -> None:
-        if event.period is not None:  # a payment began a new period: counters from zero
-            found.start_period(event.user_id, *event.period)
-        else:
-            found.forget(event.user_id)
+        # Counters are never dropped on a change (a rename once a second used to reset
+        # them): plan and status reach the hot path through the key cache; only a payment's
+        # new period restarts the counts.
+        if event.period is not None:
+            found.reset_period(event.user_id, *event.period)
 
     app[USER_EVENTS].subscribe(user_changed)
     yield
@@ -124,11 +127,15 @@ async def key_cache(app: web.Application) -> AsyncIterator[None]:
 
 
 async def usage_recorder(app: web.Application) -> AsyncIterator[None]:
-    found = app[LIMITS]
+    found, config = app[LIMITS], app[CONFIG]
+    path = config.database_path
     recorder: UsageRecorder | NoopRecorder = (
-        UsageRecorder(app[DATABASE], found, {p.name: p for p in app[CONFIG].providers})
+        UsageRecorder(app[DATABASE], found, {p.name: p for p in config.providers},
+                      Journal(path.with_name(path.name + ".journal")))
         if found else NoopRecorder())
+    await recorder.replay_journal()  # rows a killed process owed (gateway/accounting/journal)
     app[RECORDER] = recorder
+    app[ACCOUNTANT] = Accountant(found, recorder, {p.name: p for p in config.plans})
     recorder.start()
     try:
         yield

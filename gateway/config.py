@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import re
 import tomllib
@@ -100,6 +101,9 @@ class ServerConfig:
     shutdown_grace: float = 30.0
     access_log: bool = True
     accounting: bool = True  # false: no limits, no usage rows (benchmark baseline only)
+    # addresses (or networks) of reverse proxies whose X-Forwarded-For / Forwarded we believe
+    trusted_proxies: tuple[str, ...] = ()
+    metrics_token: str = field(default="", repr=False)  # "": /metrics is open
     upstream_client: str = "lean"  # providers' default HTTP client (see UPSTREAM_CLIENTS)
 
 
@@ -152,6 +156,7 @@ class PlanConfig:
     rpd: int = 0
     max_keys: int = 1
     max_input_tokens: int = 0
+    concurrency: int = 0  # requests in flight per user and per key; 0 = unlimited
 
 
 # --- The site: [web], [mail] and [google] (accounts, e-mail, optional Google sign-in) ---
@@ -380,6 +385,17 @@ def _kind_name(kind: type[Any]) -> str:
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
+def _networks(r: _Reader, name: str) -> tuple[str, ...]:
+    """A list of IP addresses or CIDR networks, each checked here so a typo fails start-up."""
+    values = r.get(name, list, [])
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except (TypeError, ValueError):
+            raise r.error(name, f"must list IP addresses or networks, got {value!r}") from None
+    return tuple(values)
+
+
 def _server(r: _Reader) -> ServerConfig:
     d = ServerConfig()
     server = ServerConfig(
@@ -390,6 +406,8 @@ def _server(r: _Reader) -> ServerConfig:
         shutdown_grace=r.non_negative("shutdown_grace", float, d.shutdown_grace),
         access_log=r.get("access_log", bool, d.access_log),
         accounting=r.get("accounting", bool, d.accounting),
+        trusted_proxies=_networks(r, "trusted_proxies"),
+        metrics_token=r.get("metrics_token", str, d.metrics_token),
         upstream_client=r.get("upstream_client", str, d.upstream_client),
     )
     if server.upstream_client not in UPSTREAM_CLIENTS:
@@ -498,6 +516,7 @@ def _plan(r: _Reader, base: PlanConfig | None) -> PlanConfig:
         rpd=r.non_negative("rpd", int, d.rpd),
         max_keys=r.non_negative("max_keys", int, d.max_keys),
         max_input_tokens=r.non_negative("max_input_tokens", int, d.max_input_tokens),
+        concurrency=r.non_negative("concurrency", int, d.concurrency),
     )
     r.finish()
     return plan
@@ -676,10 +695,13 @@ def _routing(r: _Reader, providers: dict[str, ProviderConfig]) -> RoutingConfig:
 
 BUILTIN_PLANS: tuple[PlanConfig, ...] = (
     PlanConfig("free", price_month=0, monthly_tokens=50_000, rpm=10, rpd=0, max_keys=1,
-               max_input_tokens=64_000),
-    PlanConfig("starter", price_month=9, monthly_tokens=2_000_000, rpm=30, max_keys=3),
-    PlanConfig("pro", price_month=29, monthly_tokens=10_000_000, rpm=60, max_keys=5),
-    PlanConfig("team", price_month=99, monthly_tokens=50_000_000, rpm=120, max_keys=10),
+               max_input_tokens=64_000, concurrency=4),
+    PlanConfig("starter", price_month=9, monthly_tokens=2_000_000, rpm=30, max_keys=3,
+               concurrency=8),
+    PlanConfig("pro", price_month=29, monthly_tokens=10_000_000, rpm=60, max_keys=5,
+               concurrency=16),
+    PlanConfig("team", price_month=99, monthly_tokens=50_000_000, rpm=120, max_keys=10,
+               concurrency=32),
 )
 
 

@@ -1,14 +1,30 @@
--- Usage records: one row per request that reached a provider.
+-- Usage records: one row per request that reached a provider (docs/limits.md).
 
 -- name: usage_insert
+-- request_id is unique: a flush retried after a failed COMMIT, or a journal replayed after a
+-- crash, can never write a request twice.
 INSERT INTO usage_logs (request_id, user_id, key_id, client_model, provider, upstream_model,
     input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens,
     estimated, cost, currency, ttft_ms, tokens_per_second, duration_ms, stream, status,
-    error_type, created_at, ingress)
+    error_type, attempts, created_at, ingress)
 VALUES (:request_id, :user_id, :key_id, :client_model, :provider, :upstream_model,
     :input_tokens, :output_tokens, :cache_read_tokens, :cache_creation_tokens, :thinking_tokens,
     :estimated, :cost, :currency, :ttft_ms, :tokens_per_second, :duration_ms, :stream, :status,
-    :error_type, :created_at, :ingress);
+    :error_type, :attempts, :created_at, :ingress)
+ON CONFLICT (request_id) DO NOTHING;
+
+-- name: usage_row_savepoint
+SAVEPOINT usage_row;
+
+-- name: usage_row_release
+RELEASE SAVEPOINT usage_row;
+
+-- name: usage_row_rollback
+ROLLBACK TO SAVEPOINT usage_row;
+
+-- name: usage_request_ids
+-- Which of a set of request ids already have a row (journal replay).
+SELECT request_id FROM usage_logs WHERE request_id IN (SELECT value FROM json_each(:ids));
 
 -- name: usage_requests_since
 SELECT COUNT(*) AS n FROM usage_logs WHERE user_id = :user_id AND created_at >= :since;
@@ -29,3 +45,7 @@ FROM usage_logs l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.created_at >= :since AND (:email IS NULL OR u.email = :email)
 GROUP BY u.email, l.provider, l.upstream_model, l.currency
 ORDER BY u.email, cost DESC;
+
+-- name: subscription_charge
+-- Journal replay after a crash: tokens of rows that never reached SQLite, added as a delta.
+UPDATE subscriptions SET tokens_used = tokens_used + :tokens WHERE user_id = :user_id;

@@ -24,10 +24,23 @@ SELECT * FROM subscriptions WHERE user_id = :user_id;
 -- A change by hand (operator, admin) has no end date; only bought plans expire.
 UPDATE subscriptions SET plan = :plan, paid_until = NULL, updated_at = :now WHERE user_id = :user_id;
 
--- name: subscription_save
--- Written by the usage recorder: the in-memory counters are the single writer's truth.
+-- name: subscription_add
+-- Written by the usage recorder as DELTAS, so two writers (two processes, or a retried flush)
+-- add up. A delta for a newer period starts that period; one for an older period (a payment
+-- started a fresh one meanwhile) changes nothing. SET expressions all see the old row.
 INSERT INTO subscriptions (user_id, plan, period_start, period_end, tokens_used, requests_used, created_at, updated_at)
-VALUES (:user_id, 'free', :period_start, :period_end, :tokens_used, :requests_used, :period_start, :period_start)
+VALUES (:user_id, 'free', :period_start, :period_end, :tokens, :requests, :period_start, :period_start)
 ON CONFLICT (user_id) DO UPDATE SET
-    period_start = excluded.period_start, period_end = excluded.period_end,
-    tokens_used = excluded.tokens_used, requests_used = excluded.requests_used;
+    tokens_used = CASE
+        WHEN excluded.period_start > subscriptions.period_start THEN excluded.tokens_used
+        WHEN excluded.period_start = subscriptions.period_start
+            THEN subscriptions.tokens_used + excluded.tokens_used
+        ELSE subscriptions.tokens_used END,
+    requests_used = CASE
+        WHEN excluded.period_start > subscriptions.period_start THEN excluded.requests_used
+        WHEN excluded.period_start = subscriptions.period_start
+            THEN subscriptions.requests_used + excluded.requests_used
+        ELSE subscriptions.requests_used END,
+    period_end = CASE WHEN excluded.period_start > subscriptions.period_start
+        THEN excluded.period_end ELSE subscriptions.period_end END,
+    period_start = MAX(subscriptions.period_start, excluded.period_start);

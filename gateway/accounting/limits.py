@@ -1,10 +1,12 @@
-"""Admit or refuse a request by plan: requests per minute and per day, tokens, input size.
+"""The in-memory `Counters`: plan limits checked and counted in one step, no database trip.
 
-All counters live in memory, so admitting a request costs no database round trip. Each
-user's subscription (period and tokens used) is loaded once, on their first request, and
-from then on this module is its single writer: `usage.UsageRecorder` persists the figures
-in its batched transactions. One gateway process owns the counters; docs/scale-out.md
-describes the Redis store that would replace them past one process.
+Each user's subscription (period and tokens used) is loaded once, on their first request;
+from then on this process counts in memory and `usage.UsageRecorder` persists what changed
+as deltas (`take_deltas`) in its batched transactions. The key cache never drops these
+counters: a change to a user, key or plan reaches the hot path through `KeyInfo` (plan
+name, status, rpm override) while the counts stay where they are. Nothing awaits between
+a check and its count, so admission is atomic on the event loop. Several processes need a
+shared store behind the same protocol (`gateway.accounting.counters`, issue 16: Redis).
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
-from gateway.accounting.keycache import KeyInfo
+from gateway.accounting.counters import MIN_OUTPUT_TOKENS, Ask, CounterDelta, Grant
 from gateway.accounts.users import add_month
 from gateway.config import PlanConfig
 from gateway.errors import ApiError
@@ -25,6 +26,7 @@ from gateway.store.base import Store
 
 WINDOW = 60.0  # seconds in the requests-per-minute window
 DAY = 86_400
+CONCURRENCY_RETRY_AFTER = 1  # seconds: a slot frees as soon as any request of the user ends
 
 
 _iso_memo: dict[int, str] = {}
@@ -54,48 +56,49 @@ class UserQuota:
     user_id: int
     period_start: float
     period_end: float
-    tokens_used: int
+    tokens_used: int         # settled usage in this period (stored figure + our deltas)
     requests_used: int
-    day: float  # start (UTC) of the day `requests_today` counts
+    day: float               # start (UTC) of the day `requests_today` counts
     requests_today: int
     window: deque[float] = field(default_factory=deque)  # admission times, last minute
-    dirty: bool = False  # changed since the usage recorder last persisted it
+    reserved: int = 0        # tokens held by requests in flight
+    in_flight: int = 0
+    tokens_delta: int = 0    # not yet persisted
+    requests_delta: int = 0
+    dirty: bool = False      # the period changed or deltas wait: persist on the next flush
 
-    def roll_over(self, now: float) -> bool:
+    def roll_over(self, now: float) -> None:
         """Start a new monthly period (and a new day) when the old one has ended."""
-        rolled = False
         while now >= self.period_end:
             self.period_start, self.period_end = self.period_end, add_month(self.period_end)
-            self.tokens_used = 0
-            self.requests_used = 0
-            rolled = True
+            self.tokens_used = self.requests_used = 0
+            self.tokens_delta = self.requests_delta = 0  # the rows keep the old period's use
+            self.dirty = True
         if now >= self.day + DAY:
             self.day = day_start(now)
             self.requests_today = 0
-        if rolled:
-            self.dirty = True
-        return rolled
 
 
-class Limits:
-    """Per-user counters and the checks made before a request goes upstream."""
+class MemoryCounters:
+    """Per-user and per-key counters of this process (the `Counters` protocol)."""
 
     def __init__(self, db: Store, plans: dict[str, PlanConfig]) -> None:
         self._db = db
         self.plans = plans
         self._users: dict[int, UserQuota] = {}
         self._key_windows: dict[int, deque[float]] = {}
+        self._key_in_flight: dict[int, int] = {}
 
-    def plan_of(self, key: KeyInfo) -> PlanConfig:
-        return self.plans.get(key.plan) or self.plans["free"]
+    def plan_of(self, name: str) -> PlanConfig:
+        return self.plans.get(name) or self.plans["free"]
 
     async def quota(self, user_id: int) -> UserQuota:
         """The user's counters, loaded from the database on first use."""
         quota = self._users.get(user_id)
         if quota is None:
-            quota = await self._load(user_id)
+            loaded = await self._load(user_id)
             # another request of the same user may have loaded it while we awaited
-            quota = self._users.setdefault(user_id, quota)
+            quota = self._users.setdefault(user_id, loaded)
         return quota
 
     async def _load(self, user_id: int) -> UserQuota:
@@ -111,122 +114,169 @@ class Limits:
         return UserQuota(user_id, sub["period_start"], sub["period_end"], sub["tokens_used"],
                          sub["requests_used"], today, requests_today)
 
-    def forget(self, user_id: int) -> None:
-        """Reload this user's subscription on the next request (e.g. after a payment)."""
-        quota = self._users.get(user_id)
-        if quota is not None and not quota.dirty:
-            del self._users[user_id]
+    async def start_period(self, user_id: int, period_start: float, period_end: float) -> None:
+        self.reset_period(user_id, period_start, period_end)
 
-    def start_period(self, user_id: int, period_start: float, period_end: float) -> None:
-        """A payment began a new period: fresh counters at once (`forget` would skip a
-        user with unflushed counters, whose next flush would then write the old period)."""
+    def reset_period(self, user_id: int, period_start: float, period_end: float) -> None:
+        """A payment began a new period (the database row was reset in the same breath)."""
         quota = self._users.get(user_id)
         if quota is not None:
             quota.period_start, quota.period_end = period_start, period_end
             quota.tokens_used = quota.requests_used = 0
-            quota.dirty = True  # the next flush writes the new period over any older one
+            quota.tokens_delta = quota.requests_delta = 0
 
-    async def admit(self, key: KeyInfo, input_estimate: int) -> dict[str, str]:
-        """Count the request if every limit allows it; returns the rate-limit headers.
+    async def admit(self, ask: Ask) -> Grant:
+        """Check every limit and count the request, with no await in between (atomic).
 
         Raises `ApiError` (429 rate_limit_error, or 400 for input over the plan's maximum)
-        with the same headers plus `retry-after`, naming the limit, the figure and the reset.
+        with the rate-limit headers plus `retry-after`, naming the limit and the reset.
         """
-        plan = self.plan_of(key)
-        quota = await self.quota(key.user_id)
+        plan = ask.plan
+        quota = await self.quota(ask.user_id)
+        # ---- from here on nothing awaits: check and count are one step ----
         now = time.time()
         quota.roll_over(now)
-
-        rpm = key.rpm_override if key.rpm_override is not None else plan.rpm
-        window = self._window(key, quota)
+        window = self._window(ask, quota)
         cutoff = now - WINDOW
         while window and window[0] <= cutoff:
             window.popleft()
         reset_at = (window[0] + WINDOW) if window else now + WINDOW
-        if self._refusal_possible(plan, quota, rpm, len(window), input_estimate):
-            self._check(key, plan, quota, rpm, window, reset_at, input_estimate, now)
-
+        headers = rate_headers(ask.rpm, len(window), reset_at)
+        key_in_flight = self._key_in_flight.get(ask.key_id, 0)
+        reserved, max_tokens = self._reservation(ask, quota)
+        if (reserved < 0 or (plan.max_input_tokens and ask.input_estimate > plan.max_input_tokens)
+                or (plan.rpd and quota.requests_today >= plan.rpd)
+                or (ask.rpm and len(window) >= ask.rpm)
+                or (plan.concurrency and (quota.in_flight >= plan.concurrency
+                                          or key_in_flight >= plan.concurrency))):
+            raise self._refusal(ask, quota, window, reset_at, headers, key_in_flight, now)
         window.append(now)
         quota.requests_today += 1
         quota.requests_used += 1
+        quota.requests_delta += 1
+        quota.reserved += reserved
+        quota.in_flight += 1
         quota.dirty = True
-        return rate_headers(rpm, len(window), reset_at)
+        self._key_in_flight[ask.key_id] = key_in_flight + 1
+        return Grant(ask.user_id, ask.key_id, reserved, max_tokens, quota.period_start,
+                     rate_headers(ask.rpm, len(window), reset_at))
 
     @staticmethod
-    def _refusal_possible(plan: PlanConfig, quota: UserQuota, rpm: int, in_window: int,
-                          input_estimate: int) -> bool:
-        """The cheap test done on every request; the detailed check runs only on refusal."""
-        return bool(
-            (plan.max_input_tokens and input_estimate > plan.max_input_tokens)
-            or (plan.monthly_tokens and quota.tokens_used >= plan.monthly_tokens)
-            or (plan.rpd and quota.requests_today >= plan.rpd)
-            or (rpm and in_window >= rpm))
+    def _reservation(ask: Ask, quota: UserQuota) -> tuple[int, int]:
+        """(tokens to reserve, max_tokens to send); reserve -1 when the quota cannot
+        hold the input plus the minimum answer."""
+        limit = ask.plan.monthly_tokens
+        if not limit:
+            return 0, ask.max_tokens
+        left = limit - quota.tokens_used - quota.reserved - ask.input_estimate
+        if left < min(ask.max_tokens, MIN_OUTPUT_TOKENS):
+            return -1, 0
+        max_tokens = min(ask.max_tokens, left)
+        return ask.input_estimate + max_tokens, max_tokens
 
-    def _check(self, key: KeyInfo, plan: PlanConfig, quota: UserQuota, rpm: int,
-               window: deque[float], reset_at: float, input_estimate: int, now: float) -> None:
-        """Raise the error for the first limit that refuses, most fundamental first."""
-        headers = rate_headers(rpm, len(window), reset_at)
-        if plan.max_input_tokens and input_estimate > plan.max_input_tokens:
-            raise ApiError(
+    def _refusal(self, ask: Ask, quota: UserQuota, window: deque[float], reset_at: float,
+                 headers: dict[str, str], key_in_flight: int, now: float) -> ApiError:
+        """The error for the first limit that refuses, most fundamental first."""
+        plan = ask.plan
+        if plan.max_input_tokens and ask.input_estimate > plan.max_input_tokens:
+            return ApiError(
                 "invalid_request_error",
-                f"input too large: about {input_estimate} tokens, plan {plan.name!r} allows "
-                f"at most {plan.max_input_tokens} input tokens per request", headers=headers)
-        if plan.monthly_tokens and quota.tokens_used >= plan.monthly_tokens:
-            raise self._refused(
+                f"input too large: about {ask.input_estimate} tokens, plan {plan.name!r} "
+                f"allows at most {plan.max_input_tokens} input tokens per request",
+                headers=headers)
+        if plan.monthly_tokens and self._reservation(ask, quota)[0] < 0:
+            held = f", {quota.reserved} more held by requests in flight" if quota.reserved else ""
+            need = ask.input_estimate + min(ask.max_tokens, MIN_OUTPUT_TOKENS)
+            return _refused(
                 f"monthly token quota exhausted: {quota.tokens_used} of {plan.monthly_tokens} "
-                f"tokens used on plan {plan.name!r}; resets at {iso(quota.period_end)}",
-                headers, quota.period_end, now)
+                f"tokens used{held} on plan {plan.name!r}; this request needs at least {need} "
+                f"(about {ask.input_estimate} input tokens plus an answer); resets at "
+                f"{iso(quota.period_end)}", headers, quota.period_end, now)
         if plan.rpd and quota.requests_today >= plan.rpd:
             resets = quota.day + DAY
-            raise self._refused(
+            return _refused(
                 f"daily request limit reached: {quota.requests_today} of {plan.rpd} requests "
                 f"today on plan {plan.name!r}; resets at {iso(resets)}", headers, resets, now)
-        if rpm and len(window) >= rpm:
-            raise self._refused(
-                f"rate limit reached: {len(window)} of {rpm} requests per minute"
-                f"{' for this key' if key.rpm_override is not None else ''} on plan "
+        if ask.rpm and len(window) >= ask.rpm:
+            return _refused(
+                f"rate limit reached: {len(window)} of {ask.rpm} requests per minute"
+                f"{' for this key' if ask.rpm_per_key else ''} on plan "
                 f"{plan.name!r}; resets at {iso(reset_at)}", headers, reset_at, now)
+        whose = "this account" if quota.in_flight >= plan.concurrency else "this key"
+        running = max(quota.in_flight, key_in_flight)
+        return _refused(
+            f"concurrency limit reached: {running} of {plan.concurrency} requests already "
+            f"in flight for {whose} on plan {plan.name!r}; retry when one finishes",
+            headers, now + CONCURRENCY_RETRY_AFTER, now)
 
-    def _window(self, key: KeyInfo, quota: UserQuota) -> deque[float]:
-        if key.rpm_override is None:
+    def _window(self, ask: Ask, quota: UserQuota) -> deque[float]:
+        if not ask.rpm_per_key:
             return quota.window
-        window = self._key_windows.get(key.key_id)
+        window = self._key_windows.get(ask.key_id)
         if window is None:
-            window = self._key_windows[key.key_id] = deque()
+            window = self._key_windows[ask.key_id] = deque()
         return window
 
-    @staticmethod
-    def _refused(message: str, headers: dict[str, str], resets: float,
-                 now: float) -> ApiError:
-        retry = max(1, int(resets - now + 0.999))
-        return ApiError("rate_limit_error", message, headers={**headers,
-                                                              "retry-after": str(retry)})
+    async def settle(self, grant: Grant, tokens: int) -> None:
+        """Replace the reservation by the real usage (charged to the grant's period only:
+        a payment in between started a fresh one)."""
+        quota = self._give_back(grant)
+        if quota is not None and tokens > 0:
+            quota.roll_over(time.time())
+            if quota.period_start == grant.period_start:
+                quota.tokens_used += tokens
+                quota.tokens_delta += tokens
+                quota.dirty = True
 
     def add_tokens(self, user_id: int, tokens: int) -> None:
-        """Charge a finished request's tokens to the user's current period."""
+        """Charge tokens outside any request (operator adjustments, tests)."""
         quota = self._users.get(user_id)
         if quota is not None:
             quota.roll_over(time.time())
             quota.tokens_used += tokens
+            quota.tokens_delta += tokens
             quota.dirty = True
 
-    def take_dirty(self) -> list[dict[str, Any]]:
-        """Snapshots of every changed user, for the recorder's next transaction."""
-        rows = []
+    async def release(self, grant: Grant) -> None:
+        self._give_back(grant)
+
+    def _give_back(self, grant: Grant) -> UserQuota | None:
+        if grant.done:
+            return None
+        grant.done = True
+        quota = self._users.get(grant.user_id)
+        if quota is not None:
+            quota.reserved = max(0, quota.reserved - grant.reserved)
+            quota.in_flight = max(0, quota.in_flight - 1)
+        left = self._key_in_flight.get(grant.key_id, 0) - 1
+        if left > 0:
+            self._key_in_flight[grant.key_id] = left
+        else:
+            self._key_in_flight.pop(grant.key_id, None)
+        return quota
+
+    def take_deltas(self) -> list[CounterDelta]:
+        deltas = []
         for quota in self._users.values():
             if quota.dirty:
                 quota.dirty = False
-                rows.append({"user_id": quota.user_id, "period_start": quota.period_start,
-                             "period_end": quota.period_end, "tokens_used": quota.tokens_used,
-                             "requests_used": quota.requests_used})
-        return rows
+                deltas.append(CounterDelta(quota.user_id, quota.period_start, quota.period_end,
+                                           quota.tokens_delta, quota.requests_delta))
+                quota.tokens_delta = quota.requests_delta = 0
+        return deltas
 
-    def mark_dirty(self, rows: list[dict[str, Any]]) -> None:
-        """A failed write: make sure the next flush writes these users again."""
-        for row in rows:
-            quota = self._users.get(row["user_id"])
-            if quota is not None:
+    def restore_deltas(self, deltas: list[CounterDelta]) -> None:
+        for delta in deltas:
+            quota = self._users.get(delta.user_id)
+            if quota is not None and quota.period_start == delta.period_start:
+                quota.tokens_delta += delta.tokens
+                quota.requests_delta += delta.requests
                 quota.dirty = True
+
+
+def _refused(message: str, headers: dict[str, str], resets: float, now: float) -> ApiError:
+    retry = max(1, int(resets - now + 0.999))
+    return ApiError("rate_limit_error", message, headers={**headers, "retry-after": str(retry)})
 
 
 def rate_headers(limit: int, used: int, reset_at: float) -> dict[str, str]:
@@ -246,5 +296,5 @@ def rate_headers(limit: int, used: int, reset_at: float) -> dict[str, str]:
     }
 
 
-LIMITS: web.AppKey[Limits | None] = web.AppKey("limits")
-"""Plan limits; None when `[server] accounting = false` (app.py: `limits`)."""
+LIMITS: web.AppKey[MemoryCounters | None] = web.AppKey("limits")
+"""The process's counters; None when `[server] accounting = false`."""

@@ -21,6 +21,7 @@ async def sync_plans(db: Store, plans: tuple[PlanConfig, ...]) -> None:
                 "name": plan.name, "price_month": format_price(plan.price_month),
                 "monthly_tokens": plan.monthly_tokens, "rpm": plan.rpm, "rpd": plan.rpd,
                 "max_keys": plan.max_keys, "max_input_tokens": plan.max_input_tokens,
+                "concurrency": plan.concurrency,
                 "sort_order": order, "now": now,
             })
 

@@ -20,9 +20,9 @@ import orjson
 from aiohttp import web
 
 from gateway.access_log import ACCESS_LOG
+from gateway.accounting.admission import ACCOUNTANT, Admission, Outcome
 from gateway.accounting.keycache import KEY_CACHE, KeyInfo, api_key_from
-from gateway.accounting.limits import LIMITS
-from gateway.accounting.usage import RECORDER, UsageRecord
+from gateway.accounting.usage import RECORDER
 from gateway.config import CONFIG
 from gateway.errors import ApiError, invalid_request
 from gateway.ids import REQUEST_ID, new_id
@@ -53,57 +53,73 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     key = await app[KEY_CACHE].authenticate(api_key_from(request))
     body = parse_request(await request.read())
     estimate = estimate_input_tokens(body)
-    limits = app[LIMITS]
-    rate_headers = await limits.admit(key, estimate) if limits else {}
+    stream = body.get("stream") is True
+    admission = await app[ACCOUNTANT].admit(
+        key, request_id=request[REQUEST_ID], client_model=body["model"], stream=stream,
+        input_estimate=estimate, max_tokens=body["max_tokens"])
     call = Call(
-        body=body, client_model=body["model"], upstream_model="",
-        stream=body.get("stream") is True, request_id=request[REQUEST_ID],
-        message_id=new_id("msg"),
+        body=body, client_model=body["model"], upstream_model="", stream=stream,
+        request_id=request[REQUEST_ID], message_id=new_id("msg"),
         headers={h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers},
         input_estimate=estimate,
     )
     if config.remote.enabled and is_trigger(body, config.remote.triggers):
-        return await answer_remote_control(app, key, call, rate_headers)
-    return await relay(request, key, call, rate_headers, started)
+        await admission.finish(Outcome("success", "", "", 0, None, None, 0.0, None))  # no row
+        return await answer_remote_control(app, key, call, admission.headers)
+    return await relay(request, key, call, admission, admission.headers, started)
 
 
-async def relay(request: web.Request, key: KeyInfo, call: Call,
+async def relay(request: web.Request, key: KeyInfo, call: Call, admission: Admission,
                 rate_headers: dict[str, str], started: float, ingress: str = "anthropic",
                 send: SendFn | None = None) -> web.StreamResponse:
     """route -> failover -> write the reply -> account: the flow every ingress shares.
 
+    `admission` (gateway/accounting/admission.py) was taken by the ingress; `relay` lowers
+    `max_tokens` to what its reservation holds and finishes it exactly once, so every
+    request that reached a provider leaves one usage row, whatever happened.
     `send` lets an ingress that is not Anthropic (gateway/api/openai_ingress.py) talk to each
     provider in its own way and hand back a reply already in the client's format; the
     default is the provider's own Anthropic `send`.
     """
     app = request.app
     config = app[CONFIG]
-    trip = Trip(app, key, call, started, ingress)
+    limit = admission.max_tokens
+    if limit is not None and isinstance(call.body.get("max_tokens"), int) \
+            and limit < call.body["max_tokens"]:
+        call.body["max_tokens"] = limit  # what the quota reservation holds
+    trip = Trip(app, key, call, started, admission, ingress)
+    trip.journal_start()
+    reply: Reply | None = None
+    status, error_type, http_status = "client_disconnect", None, 499
     try:
         options = plan_route(config.routing, config.providers, call.body, call.client_model)
         served = await send_with_failover(call, options, app[PROVIDERS], app[BREAKERS],
                                           config.routing, app[METRICS], send)
-    except ApiError as exc:
-        exc.headers.update(rate_headers)
-        trip.finish("error", None, exc.error_type, exc.status)
-        raise
-    trip.provider = served.candidate.provider.name
-    reply = served.reply
-    status = "client_disconnect"
-    try:
+        trip.provider = served.candidate.provider.name
+        reply = trip.reply = served.reply
         if not reply.stream:
             response = web.Response(body=reply.body, headers=rate_headers,
                                     content_type="application/json")
             trip.first_byte()
-            status = "success"
+            status, error_type, http_status = "success", None, 200
             return response
         await stream_reply(request, reply, rate_headers, trip)
-        status = "error" if reply.failed else "success"
-        return trip.response
-    finally:
-        await reply.close()
         failed = reply.failed
-        trip.finish(status, reply.usage, failed[0] if failed else None, 200)
+        status = "error" if failed else "success"
+        error_type, http_status = (failed[0] if failed else None), 200
+        return trip.response
+    except ApiError as exc:
+        exc.headers.update(rate_headers)
+        status, error_type, http_status = "error", exc.error_type, exc.status
+        raise
+    except Exception:
+        status, error_type, http_status = "error", "api_error", 500
+        raise
+    finally:
+        if reply is not None:
+            await reply.close()
+        await trip.finish(status, reply.usage if reply is not None else None, error_type,
+                          http_status)
 
 
 async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[str, str],
@@ -151,26 +167,45 @@ async def answer_remote_control(app: web.Application, key: KeyInfo, call: Call,
 class Trip:
     """Timing and bookkeeping of one request, finished exactly once."""
 
-    __slots__ = ("app", "call", "done", "first_byte_at", "ingress", "key", "provider",
-                 "response", "started")
+    __slots__ = ("admission", "app", "call", "done", "first_byte_at", "ingress", "key",
+                 "provider", "reply", "response", "started")
 
     def __init__(self, app: web.Application, key: KeyInfo, call: Call, started: float,
-                 ingress: str = "anthropic") -> None:
+                 admission: Admission, ingress: str = "anthropic") -> None:
         self.app = app
         self.ingress = ingress
         self.key = key
         self.call = call
         self.started = started
+        self.admission = admission
         self.first_byte_at: float | None = None
         self.provider = ""
+        self.reply: Reply | None = None
         self.response = web.StreamResponse()
         self.done = False
 
     def first_byte(self) -> None:
         self.first_byte_at = time.perf_counter()
 
-    def finish(self, status: str, usage: Usage | None, error_type: str | None,
-               http_status: int) -> None:
+    def journal_start(self) -> None:
+        """Write-ahead: this request is about to go upstream (gateway/accounting/journal)."""
+        journal = self.app[RECORDER].journal
+        if journal is None:
+            return
+        call, key = self.call, self.key
+        journal.started(call.request_id, {
+            "user_id": key.user_id, "key_id": key.key_id, "client_model": call.client_model,
+            "stream": call.stream, "input_estimate": call.input_estimate, "at": time.time(),
+            "ingress": self.ingress})
+        journal.track(call.request_id, self._progress)
+
+    def _progress(self) -> tuple[str, str, int, int]:
+        call, reply = self.call, self.reply
+        output = reply.usage.output_tokens if reply is not None else 0
+        return call.provider, call.upstream_model, call.attempts, output
+
+    async def finish(self, status: str, usage: Usage | None, error_type: str | None,
+                     http_status: int) -> None:
         if self.done:
             return
         self.done = True
@@ -178,32 +213,30 @@ class Trip:
         end = time.perf_counter()
         duration_ms = (end - self.started) * 1000
         ttft_ms = (self.first_byte_at - self.started) * 1000 if self.first_byte_at else None
-        usage = usage or Usage()
+        provider = self.provider or call.provider
+        billed = await self.admission.finish(Outcome(
+            status=status, provider=provider, upstream_model=call.upstream_model,
+            attempts=call.attempts, usage=usage, error_type=error_type,
+            duration_ms=duration_ms, ttft_ms=ttft_ms))
         metrics = app[METRICS]
         model = base_model_name(call.client_model)
-        metrics.requests.inc((status, model, self.provider or "none"))
-        metrics.duration.observe(duration_ms, (self.provider or "none",))
+        metrics.requests.inc((status, model, provider or "none"))
+        metrics.duration.observe(duration_ms, (provider or "none",))
         if ttft_ms is not None:
-            metrics.ttft.observe(ttft_ms, (self.provider,))
+            metrics.ttft.observe(ttft_ms, (provider,))
         if call.sent_at:  # the gateway's own time before the (first) upstream request
             metrics.overhead.observe((call.sent_at - self.started) * 1000, ())
-        if self.provider:
-            app[RECORDER].record(UsageRecord(
-                request_id=call.request_id, user_id=key.user_id, key_id=key.key_id,
-                client_model=call.client_model, provider=self.provider,
-                upstream_model=call.upstream_model, usage=usage, stream=call.stream,
-                status=status, error_type=error_type, duration_ms=duration_ms,
-                ttft_ms=ttft_ms, created_at=time.time(), ingress=self.ingress))
         access_log = app[ACCESS_LOG]
         if access_log is not None:
             access_log.write({
                 "ts": round(time.time(), 3), "request_id": call.request_id,
                 "user_id": key.user_id, "key": key.prefix, "ingress": self.ingress,
-                "model": call.client_model, "provider": self.provider or None,
+                "model": call.client_model, "provider": provider or None,
                 "upstream_model": call.upstream_model or None, "status": status,
                 "http_status": http_status, "error_type": error_type, "stream": call.stream,
-                "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
-                "cache_read_tokens": usage.cache_read_input_tokens,
+                "attempts": call.attempts,
+                "input_tokens": billed.input_tokens, "output_tokens": billed.output_tokens,
+                "cache_read_tokens": billed.cache_read_input_tokens,
                 "ttft_ms": round(ttft_ms, 2) if ttft_ms is not None else None,
                 "duration_ms": round(duration_ms, 2),
             })

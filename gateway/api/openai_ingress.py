@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.accounting.admission import ACCOUNTANT
 from gateway.accounting.keycache import KEY_CACHE, KeyInfo, api_key_from
-from gateway.accounting.limits import LIMITS
 from gateway.api.messages import relay
 from gateway.api.openai_replies import (
     ChatSink,
@@ -154,17 +154,33 @@ class Plan:
         return FromAnthropicStream(reply, conv, self.sink())
 
 
+# What a Chat/Responses request without an output limit reserves against a token quota.
+DEFAULT_RESERVED_OUTPUT = 4096
+
+
+def _asked_max_tokens(plan: Plan) -> int:
+    """The client's output limit, for the quota reservation (gateway/accounting/counters)."""
+    source = plan.anthropic if plan.anthropic is not None else plan.chat
+    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
+        value = source.get(name) if isinstance(source, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return DEFAULT_RESERVED_OUTPUT
+
+
 async def _relay(request: web.Request, key: KeyInfo, plan: Plan, ingress: str,
                  started: float, extra_headers: dict[str, str]) -> web.StreamResponse:
     body = plan.estimate_body()
     estimate = estimate_input_tokens(body)
-    limits = request.app[LIMITS]
-    rate_headers = await limits.admit(key, estimate) if limits else {}
+    admission = await request.app[ACCOUNTANT].admit(
+        key, request_id=request[REQUEST_ID], client_model=plan.client_model,
+        stream=plan.stream, input_estimate=estimate,
+        max_tokens=_asked_max_tokens(plan), ingress=ingress)
     call = Call(body=body, client_model=plan.client_model, upstream_model="",
                 stream=plan.stream, request_id=request[REQUEST_ID], message_id=new_id("msg"),
                 input_estimate=estimate)
-    return await relay(request, key, call, {**rate_headers, **extra_headers}, started,
-                       ingress, plan.send)
+    return await relay(request, key, call, admission, {**admission.headers, **extra_headers},
+                       started, ingress, plan.send)
 
 
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:

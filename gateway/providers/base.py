@@ -32,6 +32,8 @@ class Call:
     headers: Mapping[str, str] = field(default_factory=dict)
     input_estimate: int = 0
     sent_at: float = 0.0  # perf_counter when the first upstream request went out
+    provider: str = ""    # the provider of the latest upstream attempt (failover sets it)
+    attempts: int = 0     # upstream attempts started so far: > 0 means a row is owed
 
 
 class Reply(Protocol):

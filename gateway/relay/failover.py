@@ -71,6 +71,7 @@ async def send_with_failover(call: Call, options: Sequence[Candidate],
             attempts += 1
             progressed = True
             call.upstream_model = option.upstream_model
+            call.provider, call.attempts = name, attempts  # accounting owes this a row
             try:
                 provider = providers[name]
                 reply = await (provider.send(call) if send is None else send(provider, call))

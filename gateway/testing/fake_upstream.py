@@ -465,6 +465,22 @@ def scripted_answer(script: Script) -> Answer:
     return _finished(script, pieces, "length" if scenario == "length" else "stop")
 
 
+def _honour_max_tokens(script: Script, body: Mapping[str, Any]) -> Script:
+    """A `text`/`length` answer stops at the request's output limit, finish `length`, as
+    real vendors do. Anthropic: "max_tokens: The maximum number of tokens to generate before
+    stopping" (docs.anthropic.com/en/api/messages); OpenAI: "max_completion_tokens: An upper
+    bound for the number of tokens that can be generated for a completion"
+    (platform.openai.com/docs/api-reference/chat/create). One piece is one token here."""
+    if script.scenario not in ("text", "length"):
+        return script
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        return script
+    if script.chunks <= limit:
+        return script
+    return dataclasses.replace(script, chunks=limit, scenario="length")
+
+
 def _finished(script: Script, pieces: Iterable[Piece], finish: str) -> Answer:
     return Answer(tuple(pieces), script.finish or finish)
 
@@ -1189,6 +1205,7 @@ class FakeUpstream:
             script = self._script(request, raw, body)
         except ScriptError as exc:
             return self._answer_error(protocol, 400, str(exc))
+        script = _honour_max_tokens(script, body)
         record.script = script
         stream = body.get("stream") is True
         stats = self.stats

@@ -1,0 +1,194 @@
+"""Write-ahead journal of upstream calls, so a kill -9 cannot make an upstream bill vanish.
+
+An append-only file of JSON lines next to the database (`<db>.journal`):
+
+- `s` (start): written when a request is about to go upstream: who, which model, the
+  input estimate;
+- `p` (progress): provider, model, attempts and output tokens seen so far, appended for
+  every call in flight whose figures changed since the last write;
+- `d` (done): the finished usage row, exactly as the recorder will insert it;
+- `c` (committed): those request ids are in the database (their `s`/`d` are dead).
+
+A background task hands the buffered lines to the kernel every `WRITE_INTERVAL` (a process
+killed with SIGKILL loses only what was not yet written: at most that interval) and fsyncs
+every `FSYNC_INTERVAL` (what a power loss can take). On start, `replay()` reads the file:
+every `d` without `c` is inserted (request ids are unique, so a row already written is
+skipped) and every `s` without `d` becomes a row with status `interrupted`, the input
+estimate and the output tokens last seen. The file is rewritten (compacted) to just the
+live entries once it passes `COMPACT_BYTES`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("llmapi.journal")
+
+WRITE_INTERVAL = 0.02
+FSYNC_INTERVAL = 0.2
+COMPACT_BYTES = 4 * 1024 * 1024
+
+# (provider, upstream_model, attempts, output tokens so far) of a call in flight
+Progress = Callable[[], tuple[str, str, int, int]]
+
+
+class Journal:
+    """The journal file, its write buffer and the live entries a compaction keeps."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._buffer: list[bytes] = []
+        self._starts: dict[str, dict[str, Any]] = {}      # in flight: the start entry
+        self._progress: dict[str, Progress] = {}
+        self._seen: dict[str, tuple[str, str, int, int]] = {}
+        self._done: dict[str, dict[str, Any]] = {}        # finished, not yet committed
+        self._fd = -1
+        self._size = 0
+        self._task: asyncio.Task[None] | None = None
+        self._synced_at = 0.0
+
+    # ---- the hot path: memory only ----
+
+    def started(self, request_id: str, entry: dict[str, Any]) -> None:
+        entry = {"o": "s", "id": request_id, **entry}
+        self._starts[request_id] = entry
+        self._buffer.append(orjson.dumps(entry) + b"\n")
+
+    def track(self, request_id: str, progress: Progress) -> None:
+        """Sample this call's progress on every write tick until it is done."""
+        if request_id in self._starts:
+            self._progress[request_id] = progress
+
+    def finished(self, row: dict[str, Any]) -> None:
+        request_id = row["request_id"]
+        self._starts.pop(request_id, None)
+        self._progress.pop(request_id, None)
+        self._seen.pop(request_id, None)
+        self._done[request_id] = row
+        self._buffer.append(orjson.dumps({"o": "d", "row": row}) + b"\n")
+
+    def committed(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            self._done.pop(request_id, None)
+        if request_ids:
+            self._buffer.append(orjson.dumps({"o": "c", "ids": request_ids}) + b"\n")
+
+    # ---- the file ----
+
+    def open(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Read what a previous process left: (rows never committed, starts never done).
+        Then start a fresh file holding exactly those, so nothing is lost if we die again
+        before the replay is committed."""
+        done: dict[str, dict[str, Any]] = {}
+        starts: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            for line in self.path.read_bytes().splitlines():
+                try:
+                    entry = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue  # a line cut by the kill: everything before it counts
+                if not isinstance(entry, dict):
+                    continue
+                op = entry.get("o")
+                if op == "s" and isinstance(entry.get("id"), str):
+                    starts[entry["id"]] = entry
+                elif op == "p" and entry.get("id") in starts:
+                    starts[entry["id"]].update(entry.get("v") or {})
+                elif op == "d" and isinstance(entry.get("row"), dict):
+                    row = entry["row"]
+                    starts.pop(row.get("request_id"), None)
+                    done[row.get("request_id")] = row
+                elif op == "c" and isinstance(entry.get("ids"), list):
+                    for request_id in entry["ids"]:
+                        done.pop(request_id, None)
+                        starts.pop(request_id, None)
+        self._done = dict(done)
+        self._rewrite(list(starts.values()))
+        return list(done.values()), list(starts.values())
+
+    def _rewrite(self, starts: list[dict[str, Any]]) -> None:
+        """Replace the file by the live entries (write a temp file, fsync, rename)."""
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        lines = [orjson.dumps(s) + b"\n" for s in starts]
+        lines += [orjson.dumps({"o": "d", "row": r}) + b"\n" for r in self._done.values()]
+        data = b"".join(lines)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = len(data)
+
+    def write_now(self) -> None:
+        """Append the buffer (plus fresh progress lines); fsync when it is time."""
+        for request_id, progress in self._progress.items():
+            try:
+                value = progress()
+            except Exception:  # a reply object in a strange state must not stop the journal
+                continue
+            if self._seen.get(request_id) != value:
+                self._seen[request_id] = value
+                provider, model, attempts, output = value
+                self._buffer.append(orjson.dumps({"o": "p", "id": request_id, "v": {
+                    "provider": provider, "upstream_model": model, "attempts": attempts,
+                    "output_tokens": output}}) + b"\n")
+                self._starts[request_id].update(provider=provider, upstream_model=model,
+                                                attempts=attempts, output_tokens=output)
+        if self._fd < 0:
+            return
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            os.write(self._fd, data)
+            self._size += len(data)
+        now = time.monotonic()
+        if now - self._synced_at >= FSYNC_INTERVAL:
+            self._synced_at = now
+            os.fsync(self._fd)
+        if self._size > COMPACT_BYTES:
+            self._rewrite(list(self._starts.values()))
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(WRITE_INTERVAL)
+            try:
+                self.write_now()
+            except OSError:
+                log.exception("journal write failed; entries kept in memory")
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="usage-journal")
+
+    async def stop(self) -> None:
+        """Write what is buffered and close (called after the recorder drained)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                self.write_now()
+                if not self._starts and not self._done:
+                    self._rewrite([])  # a clean stop leaves an empty journal
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._starts)
