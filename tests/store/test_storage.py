@@ -86,7 +86,8 @@ async def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
             async with db.transaction() as tx:
                 await tx.execute("plan_upsert", {
                     "name": "temp", "price_month": "1", "monthly_tokens": 0, "rpm": 0,
-                    "rpd": 0, "max_keys": 1, "max_input_tokens": 0, "sort_order": 9, "now": 0})
+                    "rpd": 0, "max_keys": 1, "max_input_tokens": 0, "concurrency": 0,
+                    "sort_order": 9, "now": 0})
                 raise RuntimeError("boom")
         except RuntimeError:
             pass

@@ -30,7 +30,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 def plan(name: str, tokens: int = 1000) -> dict[str, Any]:
     return {"name": name, "price_month": "0", "monthly_tokens": tokens, "rpm": 10, "rpd": 100,
-            "max_keys": 1, "max_input_tokens": 1000, "sort_order": 9, "now": 1.0}
+            "max_keys": 1, "max_input_tokens": 1000, "concurrency": 0, "sort_order": 9,
+            "now": 1.0}
 
 
 def user(email: str) -> dict[str, Any]:
