@@ -56,3 +56,52 @@ WHERE paid_until IS NOT NULL AND paid_until <= :now;
 -- Back to the free plan once the paid time is over (the period carries on).
 UPDATE subscriptions SET plan = 'free', paid_until = NULL, updated_at = :now
 WHERE user_id = :user_id AND paid_until IS NOT NULL AND paid_until <= :now;
+
+-- name: refund_insert
+INSERT INTO order_refunds (out_trade_no, out_request_no, amount, reason, actor_id, created_at)
+VALUES (:out_trade_no, :out_request_no, :amount, :reason, :actor_id, :now);
+
+-- name: refund_mark_done
+UPDATE order_refunds SET status = 'done', error = NULL, done_at = :now
+WHERE out_request_no = :out_request_no;
+
+-- name: refund_mark_failed
+UPDATE order_refunds SET status = 'failed', error = :error WHERE out_request_no = :out_request_no;
+
+-- name: refunds_of_order
+SELECT * FROM order_refunds WHERE out_trade_no = :out_trade_no ORDER BY created_at, id;
+
+-- name: refund_total_of_order
+-- What is refunded or on its way (pending counts: it may have reached Alipay).
+SELECT COALESCE(SUM(CAST(amount AS REAL)), 0) AS total FROM order_refunds
+WHERE out_trade_no = :out_trade_no AND status IN ('pending', 'done');
+
+-- name: order_mark_refunded
+UPDATE orders SET status = 'refunded', updated_at = :now
+WHERE out_trade_no = :out_trade_no AND status = 'paid';
+
+-- name: subscription_end_paid_now
+-- A fully refunded order takes back the time it bought: the paid time ends now and the
+-- expiry job (or this same transaction's caller) moves the account to the free plan.
+UPDATE subscriptions SET plan = 'free', paid_until = NULL, updated_at = :now
+WHERE user_id = :user_id AND plan = :plan AND paid_until IS NOT NULL;
+
+-- name: admin_orders_page
+SELECT o.*, u.email AS user_email,
+       (SELECT COALESCE(SUM(CAST(r.amount AS REAL)), 0) FROM order_refunds r
+        WHERE r.out_trade_no = o.out_trade_no AND r.status = 'done') AS refunded
+FROM orders o JOIN users u ON u.id = o.user_id
+WHERE (:status = '' OR o.status = :status)
+ORDER BY o.created_at DESC LIMIT :limit OFFSET :offset;
+
+-- name: admin_orders_count
+SELECT COUNT(*) AS n FROM orders WHERE (:status = '' OR status = :status);
+
+-- name: admin_usage_export
+SELECT CAST(l.created_at / 86400 AS INTEGER) AS day, u.email AS user_email, COUNT(*) AS requests,
+       SUM(l.input_tokens) AS input_tokens, SUM(l.output_tokens) AS output_tokens,
+       SUM(l.thinking_tokens) AS thinking_tokens, SUM(l.cache_read_tokens) AS cache_read_tokens,
+       SUM(l.cache_creation_tokens) AS cache_creation_tokens, SUM(l.cost) AS cost, l.currency
+FROM usage_logs l LEFT JOIN users u ON u.id = l.user_id
+WHERE l.created_at >= :since
+GROUP BY day, l.user_id, l.currency ORDER BY day, user_email;

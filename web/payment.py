@@ -110,6 +110,17 @@ async def order_page(request: web.Request) -> web.Response:
                         headers=NO_STORE)
 
 
+async def receipt_page(request: web.Request) -> web.Response:
+    """A receipt for a paid (or refunded) order of the signed-in user."""
+    user = await require_user(request)
+    order = await _own_order(request, user.id)
+    if order.status not in ("paid", "refunded"):
+        raise web.HTTPNotFound(reason=_("This order has no receipt: it was not paid"))
+    return await render(request, "pages/receipt.html", {
+        "order": order, "refunds": await payments_of(request).refunds(order.out_trade_no)},
+        headers=NO_STORE)
+
+
 async def order_status_fragment(request: web.Request) -> web.Response:
     """The part of the checkout page htmx polls; it stops polling once the order is final."""
     user = await require_user(request)

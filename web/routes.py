@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.paths import GOOGLE_CALLBACK
-from web import admin, api, auth, dashboard, pages, payment, remote
+from web import admin, admin_orders, api, auth, dashboard, pages, payment, remote
 
 
 def add_routes(app: web.Application) -> None:
@@ -53,6 +53,7 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/billing/checkout", payment.checkout)
     r.add_get("/billing/orders/{out_trade_no}", payment.order_page)
     r.add_get("/billing/orders/{out_trade_no}/status", payment.order_status_fragment)
+    r.add_get("/billing/orders/{out_trade_no}/receipt", payment.receipt_page)
     r.add_get("/remote", remote.sessions_page, name="remote")
     r.add_get("/remote/{session_id}", remote.terminal_page)
     r.add_post("/remote/{session_id}/end", remote.end_session)
@@ -66,6 +67,10 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/admin/outbox", admin.outbox_page, name="admin_outbox")
     r.add_get("/admin/outbox/{mail_id}", admin.outbox_message_page)
     r.add_get("/admin/audit", admin.audit_page, name="admin_audit")
+    r.add_get("/admin/orders", admin_orders.orders_page, name="admin_orders")
+    r.add_post("/admin/orders/{out_trade_no}/refund", admin_orders.refund_order)
+    r.add_get("/admin/export/orders.csv", admin_orders.export_orders)
+    r.add_get("/admin/export/usage.csv", admin_orders.export_usage)
     # JSON for scripts
     r.add_get("/api/auth/csrf", api.auth_csrf)
     r.add_get("/api/auth/me", api.auth_me)

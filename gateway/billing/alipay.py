@@ -57,6 +57,16 @@ class Trade:
         return self.status in PAID_STATUSES
 
 
+@dataclass(frozen=True, slots=True)
+class Refund:
+    """What `alipay.trade.refund` answered: the trade's refunded total so far, and whether
+    this call moved money (False for a repeated `out_request_no`)."""
+
+    out_trade_no: str
+    refund_fee: str
+    fund_change: bool
+
+
 def beijing_timestamp(now: datetime | None = None) -> str:
     """`yyyy-MM-dd HH:mm:ss` in Beijing time, the form of the `timestamp` parameter."""
     moment = now or datetime.now(UTC)
@@ -165,6 +175,18 @@ class AlipayClient:
                      status=str(body.get("trade_status", "")) or None,
                      trade_no=str(body.get("trade_no", "")),
                      total_amount=str(body.get("total_amount", "")))
+
+    async def refund(self, out_trade_no: str, amount: str, out_request_no: str,
+                     reason: str = "") -> Refund:
+        """Refund `amount` of a paid trade. `out_request_no` names this refund request: Alipay
+        answers a repeated one with the first result (`fund_change` "N") instead of paying
+        twice, so a retry after a lost answer reuses it."""
+        body = await self.call("alipay.trade.refund", {
+            "out_trade_no": out_trade_no, "refund_amount": amount,
+            "out_request_no": out_request_no, "refund_reason": reason[:256]})
+        return Refund(out_trade_no=str(body.get("out_trade_no", out_trade_no)),
+                      refund_fee=str(body.get("refund_fee", "")),
+                      fund_change=str(body.get("fund_change", "")) == "Y")
 
     async def close(self, out_trade_no: str) -> bool:
         """Close an unpaid trade. False when Alipay refuses because it was paid meanwhile."""

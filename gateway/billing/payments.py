@@ -58,6 +58,14 @@ class PaymentError(Exception):
         self.params = params
 
 
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    out_trade_no: str
+    amount: str
+    full: bool
+    out_request_no: str
+
+
 def parse_amount(text: str) -> Decimal | None:
     """Yuan as Alipay writes it ("9", "9.9", "9.90"); None for anything else."""
     if not AMOUNT.fullmatch(text):
@@ -225,6 +233,64 @@ class Payments:
         """The user's plan, period and paid-until date with the plan's figures."""
         row = await self.db.fetch_one("dash_plan_of_user", {"user_id": user_id})
         return dict(row) if row is not None else None
+
+    # --- refunds ------------------------------------------------------------------------
+
+    async def refund(self, out_trade_no: str, amount: str, reason: str,
+                     actor_id: int | None, now: float | None = None) -> RefundResult:
+        """Refund part or all of a paid order through Alipay.
+
+        The refund row (with its `out_request_no`) is written before Alipay is called, so
+        a crash or a lost answer leaves a `pending` row whose request number a retry reuses
+        and Alipay never pays twice. A full refund marks the order `refunded` and ends the
+        paid time it bought (the account returns to the free plan)."""
+        if self.client is None:
+            raise PaymentError("online payment is not set up on this server; "
+                               "contact the operator to change your plan")
+        now = time.time() if now is None else now
+        order = await self.order(out_trade_no)
+        if order.status != "paid":
+            raise PaymentError("only a paid order can be refunded")
+        value = parse_amount(amount.strip())
+        if value is None or value <= 0:
+            raise PaymentError("enter the amount to refund in yuan, like 9.90")
+        done = await self.db.fetch_one("refund_total_of_order", {"out_trade_no": out_trade_no})
+        already = Decimal(str(done["total"] if done else 0)).quantize(CENT)
+        total = Decimal(order.amount)
+        if already + value > total:
+            raise PaymentError("at most ¥%(left)s of this order is left to refund",
+                               left=f"{total - already:.2f}")
+        request_no = f"{out_trade_no}R{secrets.token_hex(4)}"
+        await self.db.insert("refund_insert", {
+            "out_trade_no": out_trade_no, "out_request_no": request_no,
+            "amount": f"{value:.2f}", "reason": reason[:256], "actor_id": actor_id,
+            "now": now})
+        try:
+            answer = await self.client.refund(out_trade_no, f"{value:.2f}", request_no, reason)
+        except AlipayError as exc:
+            await self.db.execute("refund_mark_failed",
+                                  {"out_request_no": request_no, "error": str(exc)})
+            log.warning("order %s: refund of %s refused: %s", out_trade_no, value, exc)
+            raise PaymentError("Alipay refused the refund: %(reason)s",
+                               reason=str(exc)) from None
+        full = already + value == total
+        async with self.db.transaction() as tx:
+            await tx.execute("refund_mark_done", {"out_request_no": request_no,
+                                                  "now": time.time()})
+            if full:
+                await tx.execute("order_mark_refunded", {"out_trade_no": out_trade_no,
+                                                         "now": now})
+                await tx.execute("subscription_end_paid_now", {
+                    "user_id": order.user_id, "plan": order.plan, "now": now})
+        if full and self.keys is not None:
+            await self.keys.refresh()
+        log.info("order %s: refunded %s yuan (%s in all)", out_trade_no, value,
+                 answer.refund_fee)
+        return RefundResult(out_trade_no, f"{value:.2f}", full, request_no)
+
+    async def refunds(self, out_trade_no: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in await self.db.fetch_all("refunds_of_order",
+                                                         {"out_trade_no": out_trade_no})]
 
     # --- the paid transition ----------------------------------------------------------
 

@@ -42,7 +42,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import suppress
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,8 @@ DEFAULT_APP_ID = "2021000000000000"
 DEFAULT_KEYS_DIR = Path("data/fake-alipay")
 MODES = ("ok", "duplicate", "lost", "late", "scan", "tampered", "wrong_amount",
          "wrong_app_id")
-METHODS = ("alipay.trade.precreate", "alipay.trade.query", "alipay.trade.close")
+METHODS = ("alipay.trade.precreate", "alipay.trade.query", "alipay.trade.close",
+           "alipay.trade.refund")
 
 
 @dataclass(slots=True)
@@ -87,6 +88,7 @@ class FakeTrade:
     trade_no: str = ""
     gmt_create: str = ""
     gmt_payment: str = ""
+    refunds: dict[str, str] = field(default_factory=dict)  # out_request_no -> amount
 
 
 @dataclass(slots=True)
@@ -192,6 +194,8 @@ class FakeAlipay:
             return self._answer(method, {**_SUCCESS, **self._trade_fields(trade),
                                          "buyer_pay_amount": trade.total_amount
                                          if trade.status == "TRADE_SUCCESS" else "0.00"})
+        if method == "alipay.trade.refund":
+            return self._answer(method, self._refund(trade, biz))
         if trade.status == "TRADE_SUCCESS":
             return self._answer(method, _failure("40004", "ACQ.TRADE_STATUS_ERROR",
                                                  "the trade was paid"))
@@ -218,6 +222,47 @@ class FakeAlipay:
                               gmt_create=beijing_timestamp())
             self.trades[no] = trade
         return {**_SUCCESS, "out_trade_no": no, "qr_code": trade.qr_code}
+
+    def _refund(self, trade: FakeTrade, biz: dict[str, Any]) -> dict[str, Any]:
+        """Alipay's refund rules ("统一收单交易退款接口" alipay.trade.refund, Alipay open
+        platform docs): `refund_amount` in yuan with at most two decimals; only a paid trade
+        is refunded (ACQ.TRADE_STATUS_ERROR otherwise); without `out_request_no` the amount
+        must be the whole total (ACQ.REFUND_AMT_NOT_EQUAL_TOTAL); refunds together may not
+        exceed the total (ACQ.REASON_TRADE_REFUND_FEE_ERR); a repeated `out_request_no`
+        answers success with `fund_change` "N" and moves no money; a fully refunded trade
+        becomes TRADE_CLOSED. A repeated `out_request_no` with another amount is refused
+        (ACQ.CONTEXT_INCONSISTENT): stricter than a guess at what Alipay would do."""
+        raw = biz.get("refund_amount")
+        amount = parse_amount(raw) if isinstance(raw, str) else None
+        if amount is None or amount <= 0:
+            return _failure("40002", "isv.invalid-refund-amount", "refund_amount is wrong")
+        total = parse_amount(trade.total_amount) or 0
+        refunded = sum((parse_amount(a) or 0) for a in trade.refunds.values())
+        request_no = biz.get("out_request_no") or trade.out_trade_no
+        if not isinstance(request_no, str):
+            return _failure("40002", "isv.invalid-out-request-no", "out_request_no is wrong")
+        fields = {"out_trade_no": trade.out_trade_no, "trade_no": trade.trade_no,
+                  "buyer_logon_id": "buy***@example.com", "send_back_fee": "0.00",
+                  "gmt_refund_pay": beijing_timestamp()}
+        if request_no in trade.refunds:
+            if parse_amount(trade.refunds[request_no]) != amount:
+                return _failure("40004", "ACQ.CONTEXT_INCONSISTENT",
+                                "out_request_no used with another amount")
+            return {**_SUCCESS, **fields, "fund_change": "N",
+                    "refund_fee": f"{refunded:.2f}"}
+        if trade.status != "TRADE_SUCCESS":
+            return _failure("40004", "ACQ.TRADE_STATUS_ERROR", "the trade is not paid")
+        if "out_request_no" not in biz and amount != total:
+            return _failure("40004", "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL",
+                            "撤销或退款金额与订单金额不一致")
+        if refunded + amount > total:
+            return _failure("40004", "ACQ.REASON_TRADE_REFUND_FEE_ERR",
+                            "REASON_TRADE_REFUND_FEE_ERR")
+        trade.refunds[request_no] = f"{amount:.2f}"
+        if refunded + amount == total:
+            trade.status = "TRADE_CLOSED"
+        return {**_SUCCESS, **fields, "fund_change": "Y",
+                "refund_fee": f"{refunded + amount:.2f}"}
 
     def _trade_fields(self, trade: FakeTrade) -> dict[str, str]:
         return {"out_trade_no": trade.out_trade_no, "trade_no": trade.trade_no,

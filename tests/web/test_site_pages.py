@@ -150,14 +150,18 @@ async def test_every_page_and_fragment_passes_the_html_validator(
     visitor = SiteClient(gateway)
     admin = await signed_in(gateway, "validator@example.com", admin=True, plan="pro")
     try:
-        for path in (*PUBLIC, "/blog?category=guides", "/register/verify", "/nope"):
+        for path in (*PUBLIC, "/blog?category=guides", "/register/verify", "/nope", "/terms",
+                     "/privacy", "/refunds", "/sitemap", "/password/forgot", "/password/reset",
+                     "/?lang=zh-CN", "/pricing?lang=zh-CN", "/docs?lang=zh-CN",
+                     "/register?plan=pro"):
             pages[path] = (await visitor.get(path))[1]
         status, payload = await admin.json("POST", "/api/dashboard/keys", {"name": "v"})
         user = await admin.json("GET", "/api/auth/me")
         await insert_synthetic_usage(gateway.db, user[1]["id"], payload["id"], [
             SyntheticRequest(1200, 300, days_ago=d) for d in (0, 1, 5)])
         for path in ("/dashboard", "/settings", "/orders", "/admin", "/admin/users",
-                     "/admin/costs", "/admin/outbox", "/admin/audit"):
+                     "/admin/costs", "/admin/outbox", "/admin/audit", "/admin/orders",
+                     "/billing", "/pricing", "/dashboard?lang=zh-CN", "/admin?lang=zh-CN"):
             status, text, _ = await admin.get(path)
             assert status == 200, path
             pages[path] = text

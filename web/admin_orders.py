@@ -1,0 +1,106 @@
+"""The operator's money pages: every order with refunds, and CSV exports of orders and usage."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from datetime import UTC, date, datetime, timedelta
+
+from aiohttp import web
+
+from gateway.billing.payments import PAYMENTS, PaymentError
+from gateway.reports import admin
+from web.guards import require_admin
+from web.i18n import _, translated
+from web.responses import client_ip, db_of, flash, form_data, int_param, redirect, render
+
+PER_PAGE = 50
+EPOCH = date(1970, 1, 1)
+ORDER_STATUSES = ("pending", "paid", "refunded", "closed")
+
+
+async def orders_page(request: web.Request) -> web.Response:
+    await require_admin(request)
+    status = request.query.get("status", "")
+    status = status if status in ORDER_STATUSES else ""
+    db = db_of(request)
+    count = await db.fetch_one("admin_orders_count", {"status": status})
+    pages = max(1, math.ceil((count["n"] if count else 0) / PER_PAGE))
+    page = int_param(request.query.get("page"), 1, 1, pages)
+    rows = await db.fetch_all("admin_orders_page", {
+        "status": status, "limit": PER_PAGE, "offset": (page - 1) * PER_PAGE})
+    return await render(request, "pages/admin/orders.html", {
+        "orders": [dict(r) for r in rows], "status": status, "page": page, "pages": pages,
+        "error": ""}, forms=True)
+
+
+async def refund_order(request: web.Request) -> web.Response:
+    """POST /admin/orders/{out_trade_no}/refund: amount, reason, confirm=1 (the checkbox is
+    the confirmation without JavaScript; with it, a dialog asks too)."""
+    actor = await require_admin(request)
+    form = await form_data(request)
+    out_trade_no = request.match_info["out_trade_no"]
+    payments = request.app.get(PAYMENTS)
+    if form.get("confirm") != "1":
+        await flash(request, _("Not refunded: tick Confirm first."))
+        redirect("/admin/orders")
+    if payments is None:
+        raise web.HTTPServiceUnavailable(reason=_("the gateway is starting"))
+    try:
+        result = await payments.refund(out_trade_no, form.get("amount", ""),
+                                       form.get("reason", ""), actor.id)
+    except PaymentError as exc:
+        await admin.audit(db_of(request), actor, "order.refund_failed", out_trade_no,
+                          str(exc), client_ip(request))
+        await flash(request, _("Not refunded: %(error)s", error=translated(exc)))
+        redirect("/admin/orders")
+    await admin.audit(db_of(request), actor, "order.refund", out_trade_no,
+                      f"¥{result.amount}{' (full)' if result.full else ''} "
+                      f"{form.get('reason', '')[:100]}".strip(), client_ip(request))
+    await flash(request, _("Refunded ¥%(amount)s of order %(no)s.", amount=result.amount,
+                           no=out_trade_no))
+    redirect("/admin/orders")
+
+
+def _csv(name: str, header: list[str], rows: list[list[object]]) -> web.Response:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    stamp = datetime.now(UTC).strftime("%Y%m%d")
+    return web.Response(body=buffer.getvalue().encode("utf-8-sig"),  # Excel reads UTF-8
+                        content_type="text/csv", charset="utf-8", headers={
+                            "Content-Disposition": f'attachment; filename="{name}-{stamp}.csv"',
+                            "Cache-Control": "no-store"})
+
+
+def _iso(ts: float | None) -> str:
+    return "" if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+async def export_orders(request: web.Request) -> web.Response:
+    await require_admin(request)
+    rows = await db_of(request).fetch_all("admin_orders_page", {
+        "status": "", "limit": 1_000_000, "offset": 0})
+    return _csv("orders", ["out_trade_no", "trade_no", "user_email", "plan", "amount_cny",
+                           "refunded_cny", "status", "created_at", "paid_at"],
+                [[r["out_trade_no"], r["trade_no"] or "", r["user_email"], r["plan"],
+                  r["amount"], f"{r['refunded']:.2f}", r["status"], _iso(r["created_at"]),
+                  _iso(r["paid_at"])] for r in rows])
+
+
+async def export_usage(request: web.Request) -> web.Response:
+    """Usage per user per UTC day over the last `days` days (default 30, at most 366)."""
+    await require_admin(request)
+    days = int_param(request.query.get("days"), 30, 1, 366)
+    since = datetime.now(UTC).timestamp() - days * 86400
+    rows = await db_of(request).fetch_all("admin_usage_export", {"since": since})
+    return _csv("usage", ["day", "user_email", "requests", "input_tokens", "output_tokens",
+                          "thinking_tokens", "cache_read_tokens", "cache_creation_tokens",
+                          "cost", "currency"],
+                [[(EPOCH + timedelta(days=int(r["day"]))).isoformat(), r["user_email"] or "",
+                  r["requests"], r["input_tokens"], r["output_tokens"],
+                  r["thinking_tokens"], r["cache_read_tokens"],
+                  r["cache_creation_tokens"], f"{r['cost']:.6f}", r["currency"]]
+                 for r in rows])
