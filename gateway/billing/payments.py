@@ -282,8 +282,8 @@ class Payments:
                                                          "now": now})
                 await tx.execute("subscription_end_paid_now", {
                     "user_id": order.user_id, "plan": order.plan, "now": now})
-        if full and self.keys is not None:
-            await self.keys.refresh()
+        if full and self.events is not None:  # the free plan's limits apply at once
+            await self.events.publish(UserChanged(order.user_id))
         log.info("order %s: refunded %s yuan (%s in all)", out_trade_no, value,
                  answer.refund_fee)
         return RefundResult(out_trade_no, f"{value:.2f}", full, request_no)

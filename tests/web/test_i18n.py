@@ -155,7 +155,8 @@ async def test_pages_in_chinese_have_no_english_sentence_left(gateway: Gateway) 
             pages[path] = (await visitor.get(path, headers=zh))[1]
         await admin.json("POST", "/api/dashboard/keys", {"name": "k"})
         for path in ("/dashboard", "/settings", "/orders", "/billing", "/remote", "/admin",
-                     "/admin/users", "/admin/costs", "/admin/outbox", "/admin/audit", "/admin/orders"):
+                     "/admin/users", "/admin/costs", "/admin/outbox", "/admin/audit",
+                     "/admin/orders"):
             status, text, _ = await admin.get(path, headers=zh)
             assert status == 200, path
             pages[path] = text

@@ -280,9 +280,9 @@ async def test_fake_alipay_refund_rules(shop: Shop) -> None:
         first = await client.refund(no, "3.00", "R1")
         again = await client.refund(no, "3.00", "R1")  # the same request: no money moves
         assert first.fund_change and not again.fund_change and again.refund_fee == "3.00"
-        with pytest.raises(Exception, match="ACQ.CONTEXT_INCONSISTENT|another amount"):
+        with pytest.raises(Exception, match=r"CONTEXT_INCONSISTENT|another amount"):
             await client.refund(no, "4.00", "R1")
-        with pytest.raises(Exception, match="REFUND_FEE_ERR|REASON_TRADE"):
+        with pytest.raises(Exception, match=r"REFUND_FEE_ERR|REASON_TRADE"):
             await client.refund(no, "7.00", "R2")
         done = await client.refund(no, "6.00", "R3")
         assert done.refund_fee == "9.00" and shop.trade(no).status == "TRADE_CLOSED"
