@@ -6,6 +6,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from aiohttp import web
+from markupsafe import Markup
+from markupsafe import escape as escape_html
 
 from gateway.billing.payments import PAYMENTS
 from gateway.config import CONFIG
@@ -89,7 +91,10 @@ async def blog_post(request: web.Request) -> web.Response:
     if post is None:
         raise web.HTTPNotFound()
     others = [p for p in posts if p.slug != slug][:3]
-    return await render(request, "pages/blog_post.html", {"post": post, "others": others})
+    # Posts say {public_url} where a reader needs this server's address (commands to copy).
+    body = Markup(str(post.html).replace("{public_url}", str(escape_html(public_url(request)))))
+    return await render(request, "pages/blog_post.html", {"post": post, "others": others,
+                                                          "body": body})
 
 
 async def sitemap(request: web.Request) -> web.Response:
