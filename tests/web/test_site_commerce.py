@@ -288,3 +288,24 @@ async def test_fake_alipay_refund_rules(shop: Shop) -> None:
         assert done.refund_fee == "9.00" and shop.trade(no).status == "TRADE_CLOSED"
     finally:
         await customer.close()
+
+
+async def test_small_things_names_with_a_dot_and_the_blog_address(
+        gateway_factory: GatewayFactory) -> None:
+    gateway = await gateway_factory({"server": {"public_url": "http://llm.example.cn"}})
+    await make_user(gateway, "carol@example.com")
+    await gateway.db.execute("site_user_set_name", {"id": (await gateway.db.fetch_one(
+        "user_by_email", {"email": "carol@example.com"}))["id"], "name": "Carol C.",
+        "now": 0.0})
+    client = SiteClient(gateway)
+    try:
+        await client.log_in("carol@example.com")
+        _, text, _ = await client.get("/dashboard")
+        assert "Carol C.." not in text and "Welcome back, Carol C." in text
+        _, text, _ = await client.get("/blog/claude-code-on-qwen")
+        assert "127.0.0.1:8080" not in text
+        assert "ANTHROPIC_BASE_URL=http://llm.example.cn" in text
+        status, text, _ = await client.get("/no/such/page")
+        assert status == 404 and "no route for" not in text
+    finally:
+        await client.close()
