@@ -71,3 +71,7 @@ SELECT * FROM audit_log ORDER BY created_at DESC, id DESC LIMIT :limit OFFSET :o
 
 -- name: audit_count
 SELECT COUNT(*) AS total FROM audit_log;
+
+-- name: audit_of_target
+-- Entries about one user: the target is written as "user:<id> (<e-mail>)".
+SELECT * FROM audit_log WHERE target LIKE :prefix ORDER BY created_at DESC, id DESC LIMIT 50;

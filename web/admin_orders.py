@@ -1,4 +1,4 @@
-"""The operator's money pages: every order with refunds, and CSV exports of orders and usage."""
+"""The operator's money pages: orders with refunds, CSV exports, and one customer's page."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from aiohttp import web
 
+from gateway.accounts.users import AccountError
 from gateway.billing.payments import PAYMENTS, PaymentError
-from gateway.reports import admin
+from gateway.reports import admin, dashboard
 from web.guards import require_admin
 from web.i18n import _, translated
 from web.responses import client_ip, db_of, flash, form_data, int_param, redirect, render
@@ -104,3 +105,21 @@ async def export_usage(request: web.Request) -> web.Response:
                   r["thinking_tokens"], r["cache_read_tokens"],
                   r["cache_creation_tokens"], f"{r['cost']:.6f}", r["currency"]]
                  for r in rows])
+
+
+async def user_page(request: web.Request) -> web.Response:
+    """/admin/users/{user_id}: one customer's keys, usage, orders and audit entries."""
+    await require_admin(request)
+    db = db_of(request)
+    try:
+        user_id = int(request.match_info["user_id"])
+        row = await admin.user_row(db, user_id)
+    except (ValueError, AccountError):
+        raise web.HTTPNotFound(reason=_("No such user")) from None
+    usage = await dashboard.daily_usage(db, user_id, 30)
+    return await render(request, "pages/admin/user.html", {
+        "u": row, "keys": await dashboard.list_keys(db, user_id),
+        "orders": await dashboard.list_orders(db, user_id),
+        "usage": [d for d in reversed(usage) if d.requests],
+        "audit": [dict(r) for r in await db.fetch_all(
+            "audit_of_target", {"prefix": f"user:{user_id} %"})]}, forms=True)

@@ -68,6 +68,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/admin/outbox/{mail_id}", admin.outbox_message_page)
     r.add_get("/admin/audit", admin.audit_page, name="admin_audit")
     r.add_get("/admin/orders", admin_orders.orders_page, name="admin_orders")
+    r.add_get("/admin/users/{user_id:[0-9]+}", admin_orders.user_page)
     r.add_post("/admin/orders/{out_trade_no}/refund", admin_orders.refund_order)
     r.add_get("/admin/export/orders.csv", admin_orders.export_orders)
     r.add_get("/admin/export/usage.csv", admin_orders.export_usage)

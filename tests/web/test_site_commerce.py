@@ -309,3 +309,18 @@ async def test_small_things_names_with_a_dot_and_the_blog_address(
         assert status == 404 and "no route for" not in text
     finally:
         await client.close()
+
+
+async def test_admin_user_page_shows_keys_orders_and_audit(gateway: Gateway) -> None:
+    admin = await signed_in(gateway, "chief@example.com", admin=True)
+    uid = await make_user(gateway, "customer-page@example.com")
+    try:
+        await admin.get("/admin/users")
+        await admin.post(f"/admin/users/{uid}/plan", {"plan": "team"})
+        status, text, _ = await admin.get(f"/admin/users/{uid}")
+        assert status == 200 and "customer-page@example.com" in text
+        assert "plan free -&gt; team" in text or "plan free -> team" in text
+        status, _, _ = await admin.get("/admin/users/999999")
+        assert status == 404
+    finally:
+        await admin.close()
