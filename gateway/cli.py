@@ -175,9 +175,10 @@ async def _usage(db, args) -> int:  # type: ignore[no-untyped-def]
 
 def format_usage(rows: Sequence[Any], days: int, email: str | None) -> str:
     """A plain table, one line per user/provider/model, and totals per currency."""
-    head = ("user", "provider", "model", "requests", "failed", "input", "output",
+    head = ("user", "api", "provider", "model", "requests", "failed", "input", "output",
             "cache read", "cost")
-    lines = [[str(r["email"] or "-"), r["provider"], r["upstream_model"], str(r["requests"]),
+    lines = [[str(r["email"] or "-"), str(r["ingress"]), r["provider"], r["upstream_model"],
+              str(r["requests"]),
               str(r["failed"]), str(r["input_tokens"]), str(r["output_tokens"]),
               str(r["cache_read_tokens"]), f"{r['cost']:.4f} {r['currency']}".strip()]
              for r in rows]

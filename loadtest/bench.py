@@ -341,11 +341,24 @@ class Scenario:
     protocol: str  # openai | anthropic
     stream: bool
     chunks: int
+    ingress: str = "anthropic"  # the client API: anthropic | chat | responses
 
     def body(self) -> dict[str, Any]:
         model = OPENAI_MODEL if self.protocol == "openai" else PASS_MODEL
         directive = {"chunks": self.chunks} if self.chunks != 5 else None
         return anthropic_body(model, self.stream, directive)
+
+    def client_body(self) -> tuple[str, dict[str, Any]]:
+        """(path, body) of what the client sends through the gateway."""
+        body = self.body()
+        if self.ingress == "chat":  # the same request, in Chat Completions shape
+            return "/v1/chat/completions", {**body, "model": body["model"]}
+        if self.ingress == "responses":
+            message = body["messages"][0]["content"]
+            return "/v1/responses", {"model": body["model"], "input": message,
+                                     "max_output_tokens": body["max_tokens"],
+                                     "stream": self.stream}
+        return "/v1/messages", body
 
     def direct(self, upstream: str) -> Target:
         body = self.body()
@@ -358,7 +371,12 @@ class Scenario:
                       {"Content-Type": "application/json", "anthropic-version": "2023-06-01"})
 
     def through(self, name: str, base: str, key: str) -> Target:
-        return Target(name, base + "/v1/messages", orjson.dumps(self.body()),
+        path, body = self.client_body()
+        if self.ingress != "anthropic":
+            return Target(name, base + path, orjson.dumps(body),
+                          {"Content-Type": "application/json",
+                           "Authorization": f"Bearer {key}"})
+        return Target(name, base + path, orjson.dumps(body),
                       {"Content-Type": "application/json", "x-api-key": key,
                        "anthropic-version": "2023-06-01"})
 
@@ -368,6 +386,10 @@ SCENARIOS = (
     Scenario("small-anthropic", "anthropic", False, 5),
     Scenario("stream50-openai", "openai", True, 50),
     Scenario("stream50-anthropic", "anthropic", True, 50),
+    # The OpenAI ingress against an openai-protocol upstream, same upstream work as above:
+    # chat passes the body through, responses converts both ways.
+    Scenario("chat-openai", "openai", False, 5, ingress="chat"),
+    Scenario("responses-stream50-openai", "openai", True, 50, ingress="responses"),
 )
 STREAM100 = Scenario("stream100-openai", "openai", True, 100)
 
@@ -533,7 +555,8 @@ class Bench:
         found = [scenario.direct(self.upstream.url)]
         for name, server in self.servers.items():
             if name == "litellm":
-                found.append(litellm_target(scenario, server.url))
+                if scenario.ingress == "anthropic":  # compared on the Messages API only
+                    found.append(litellm_target(scenario, server.url))
             elif name in FLOORS:  # bytes passed through: the direct body, the floor's port
                 direct = scenario.direct(self.upstream.url)
                 path = direct.url.removeprefix(self.upstream.url)

@@ -52,6 +52,11 @@ SELECT u.id, u.email, u.name, u.status, u.is_admin, u.email_verified, u.created_
 FROM users u LEFT JOIN subscriptions s ON s.user_id = u.id
 WHERE u.id = :id;
 
+-- name: admin_requests_by_ingress
+-- Requests per client API (anthropic, chat, responses) since a moment.
+SELECT ingress, COUNT(*) AS requests FROM usage_logs WHERE created_at >= :since
+GROUP BY ingress ORDER BY requests DESC;
+
 -- name: admin_cost_by_provider_day
 SELECT CAST(floor(created_at / 86400) AS INTEGER) AS day, provider, currency,
        COUNT(*) AS requests,

@@ -29,7 +29,7 @@ ORDER BY day;
 SELECT l.request_id, l.client_model, l.upstream_model, l.provider, l.input_tokens,
        l.output_tokens, l.cache_read_tokens, l.cache_creation_tokens, l.ttft_ms,
        l.tokens_per_second, l.duration_ms, l.stream, l.status, l.error_type, l.created_at,
-       k.prefix AS key_prefix, k.name AS key_name
+       l.ingress, k.prefix AS key_prefix, k.name AS key_name
 FROM usage_logs l LEFT JOIN api_keys k ON k.id = l.key_id
 WHERE l.user_id = :user_id
 ORDER BY l.created_at DESC, l.id DESC

@@ -33,8 +33,10 @@ SELECT COUNT(*) AS n FROM usage_logs WHERE user_id = :user_id AND created_at >= 
 UPDATE api_keys SET last_used_at = :last_used_at WHERE id = :key_id;
 
 -- name: usage_summary
--- Per user, provider and model since a moment; EMAIL NULL means everyone.
-SELECT u.email AS email, l.provider AS provider, l.upstream_model AS upstream_model,
+-- Per user, client API (ingress), provider and model since a moment; EMAIL NULL means
+-- everyone.
+SELECT u.email AS email, l.ingress AS ingress, l.provider AS provider,
+       l.upstream_model AS upstream_model,
        l.currency AS currency, COUNT(*) AS requests,
        SUM(l.input_tokens) AS input_tokens, SUM(l.output_tokens) AS output_tokens,
        SUM(l.cache_read_tokens) AS cache_read_tokens,
@@ -43,7 +45,7 @@ SELECT u.email AS email, l.provider AS provider, l.upstream_model AS upstream_mo
        SUM(CASE WHEN l.status = 'success' THEN 0 ELSE 1 END) AS failed
 FROM usage_logs l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.created_at >= :since AND (:email IS NULL OR u.email = :email)
-GROUP BY u.email, l.provider, l.upstream_model, l.currency
+GROUP BY u.email, l.ingress, l.provider, l.upstream_model, l.currency
 ORDER BY u.email, cost DESC;
 
 -- name: subscription_charge

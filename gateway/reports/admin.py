@@ -48,6 +48,7 @@ class PlatformStats:
     cost_month: dict[str, float]      # currency -> provider cost
     revenue_month: Decimal            # paid orders, site currency
     paid_orders_month: int
+    ingress_month: dict[str, int] = field(default_factory=dict)  # client API -> requests
 
 
 async def platform_stats(db: Store, now: float | None = None) -> PlatformStats:
@@ -58,6 +59,7 @@ async def platform_stats(db: Store, now: float | None = None) -> PlatformStats:
     usage = await db.fetch_one("admin_usage_since", {"since": since_month})
     costs = await db.fetch_all("admin_cost_since", {"since": since_month})
     orders = await db.fetch_all("admin_paid_orders_since", {"since": since_month})
+    ingress = await db.fetch_all("admin_requests_by_ingress", {"since": since_month})
     revenue = Decimal(0)
     for order in orders:
         try:
@@ -72,7 +74,8 @@ async def platform_stats(db: Store, now: float | None = None) -> PlatformStats:
         failed_month=(usage["failed"] or 0) if usage else 0,
         tokens_month=(usage["tokens"] or 0) if usage else 0,
         cost_month={r["currency"] or "?": float(r["cost"]) for r in costs},
-        revenue_month=revenue, paid_orders_month=len(orders))
+        revenue_month=revenue, paid_orders_month=len(orders),
+        ingress_month={r["ingress"]: r["requests"] for r in ingress})
 
 
 @dataclass(frozen=True, slots=True)

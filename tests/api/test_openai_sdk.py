@@ -15,6 +15,8 @@ import aiohttp
 import openai
 import pytest
 
+from gateway.cli import format_usage
+from gateway.reports.admin import platform_stats
 from tests.conftest import fake_stats, provider_table
 
 PROTOCOLS = ["openai", "anthropic"]
@@ -225,6 +227,21 @@ async def test_usage_rows_carry_ingress(relay: dict[str, Any]) -> None:
                           "ORDER BY id").fetchall()
     assert [r[0] for r in rows] == ["chat", "responses"]
     assert all(r[1] == "success" and r[2] == 5 and r[3] == "gpt-4.1" for r in rows)
+    # the `usage` command, the dashboard and the admin page show the client API
+    summary = await gw.db.fetch_all("usage_summary", {"since": 0, "email": None})
+    table = format_usage(summary, 30, None)
+    assert table.splitlines()[1].split()[:2] == ["user", "api"]
+    assert " chat " in table and " responses " in table
+    recent = await gw.db.fetch_all("dash_recent_requests", {"user_id": rows_user(gw),
+                                                            "limit": 10})
+    assert sorted(r["ingress"] for r in recent) == ["chat", "responses"]
+    stats_admin = await platform_stats(gw.db)
+    assert stats_admin.ingress_month == {"chat": 1, "responses": 1}
     stats = await fake_stats(relay["base"])
     upstream = stats["history"][-1]
     assert upstream["json"]["model"] == "fake-model"
+
+
+def rows_user(gw: Any) -> int:
+    with sqlite3.connect(gw.db.path) as db:
+        return int(db.execute("SELECT user_id FROM usage_logs LIMIT 1").fetchone()[0])
