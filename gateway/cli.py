@@ -1,18 +1,24 @@
 """The operator's command line: `serve` (default), users, keys and the fake upstream.
 
 Every command reads the same config (`--config FILE` or `LLMAPI_CONFIG`) and so the same
-database as the server. Mistakes the operator can fix print one line and exit 2.
+database as the server, and first syncs `[[plans]]` from it, so a plan defined in the
+config can be used before the server ever started. Mistakes the operator can fix print
+one line and exit 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from gateway.accounts.plans import sync_plans
+from gateway.accounts.signup import SiteAccountError, delete_account
 from gateway.accounts.users import (
     AccountError,
     create_key,
@@ -37,14 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", default=argparse.SUPPRESS,
                         help="TOML config file (default: $LLMAPI_CONFIG)")
+    # serve's options, also accepted without a command (`python -m gateway --port 9000`)
+    listen = argparse.ArgumentParser(add_help=False)
+    listen.add_argument("--host", default=argparse.SUPPRESS,
+                        help="listen address (default from config: 127.0.0.1)")
+    listen.add_argument("--port", type=int, default=argparse.SUPPRESS,
+                        help="listen port (default from config: 8080)")
     parser = argparse.ArgumentParser(
-        prog="python -m gateway", parents=[common],
+        prog="python -m gateway", parents=[common, listen],
         description="llmapi: an Anthropic-compatible gateway for Claude Code and friends.")
+    parser.add_argument("--version", action="version", version=f"llmapi {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    serve = sub.add_parser("serve", parents=[common], help="run the gateway (default command)")
-    serve.add_argument("--host", help="listen address (default from config: 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (default from config: 8080)")
+    sub.add_parser("serve", parents=[common, listen], help="run the gateway (default command)")
 
     users = sub.add_parser("users", help="manage users").add_subparsers(
         dest="action", metavar="ACTION", required=True)
@@ -63,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
     suspend.add_argument("email")
     activate = users.add_parser("activate", parents=[common], help="re-activate a user")
     activate.add_argument("email")
+    ulist = users.add_parser("list", parents=[common], help="list users (deleted ones hidden)")
+    ulist.add_argument("--plan", default="", help="only users on this plan")
+    ulist.add_argument("--status", default="",
+                       help="only users with this status (active, suspended, pending, deleted)")
+    delete = users.add_parser("delete", parents=[common],
+                              help="delete a user: personal data erased, every key revoked")
+    delete.add_argument("email")
+    delete.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
         dest="action", metavar="ACTION", required=True)
@@ -73,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", parents=[common],
                              help="revoke the key with this display prefix")
     revoke.add_argument("prefix")
+    klist = keys.add_parser("list", parents=[common],
+                            help="list keys (prefixes, never the keys themselves)")
+    klist.add_argument("email", nargs="?", default="", help="only this user's keys")
 
     usage = sub.add_parser("usage", parents=[common],
                            help="print usage and provider cost per user and model")
@@ -112,22 +134,63 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  getattr(args, "port", None))
         return serve(config)
     handler = COMMANDS[(command, getattr(args, "action", ""))]
+    deleting = (command, getattr(args, "action", "")) == ("users", "delete")
+    if deleting and not args.yes and not confirm(
+            f"delete {args.email}? Their keys stop working and personal data is erased; "
+            "type the e-mail address again to confirm: ", args.email):
+        print("llmapi: not deleted", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return asyncio.run(_with_db(config, lambda db: handler(db, args)))
     except AccountError as exc:
         print(f"llmapi: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except (OSError, sqlite3.Error) as exc:
+        print(f"llmapi: cannot open the database {config.database_path}: {exc}",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+
+def package_version() -> str:
+    try:
+        return version("llmapi")
+    except PackageNotFoundError:  # a checkout run without installing
+        return "unknown (not installed)"
+
+
+def confirm(prompt: str, expected: str) -> bool:
+    """Ask on the terminal; no terminal (a script) means no."""
+    if not sys.stdin.isatty():
+        print("llmapi: refusing to delete without a terminal to confirm on; "
+              "pass --yes", file=sys.stderr)
+        return False
+    try:
+        return normalize_email(input(prompt)) == normalize_email(expected)
+    except (EOFError, AccountError):
+        return False
 
 
 async def _with_db(config: Config, work: Callable[..., Awaitable[int]]) -> int:
     db = await open_database(config.database_path)
     try:
+        await sync_plans(db, config.plans)
         return await work(db)
     finally:
         await db.close()
 
 
+async def _plan_problem(db: Any, plan: str) -> str | None:
+    """None when the plan exists, else a line naming the plans there are."""
+    if await db.fetch_one("plan_by_name", {"name": plan}) is not None:
+        return None
+    names = ", ".join(r["name"] for r in await db.fetch_all("plan_all"))
+    return f"unknown plan {plan!r}; the plans are: {names} (add more with [[plans]])"
+
+
 async def _users_add(db, args) -> int:  # type: ignore[no-untyped-def]
+    problem = await _plan_problem(db, args.plan)
+    if problem:
+        raise AccountError(problem)
     await create_user(db, args.email, password=args.password, name=args.name, plan=args.plan,
                       is_admin=args.admin)
     print(f"created user {args.email} on plan {args.plan}", file=sys.stderr)
@@ -135,6 +198,9 @@ async def _users_add(db, args) -> int:  # type: ignore[no-untyped-def]
 
 
 async def _users_plan(db, args) -> int:  # type: ignore[no-untyped-def]
+    problem = await _plan_problem(db, args.plan)
+    if problem:
+        raise AccountError(problem)
     await set_plan(db, args.email, args.plan)
     print(f"{args.email} is now on plan {args.plan}", file=sys.stderr)
     return 0
@@ -150,6 +216,52 @@ async def _users_activate(db, args) -> int:  # type: ignore[no-untyped-def]
     await set_user_status(db, args.email, "active")
     print(f"activated {args.email}", file=sys.stderr)
     return 0
+
+
+async def _users_list(db, args) -> int:  # type: ignore[no-untyped-def]
+    rows = await db.fetch_all("users_list", {"plan": args.plan, "status": args.status})
+    print(table(("id", "email", "plan", "status", "admin", "keys", "created"),
+                [(str(r["id"]), r["email"], r["plan"] or "-", r["status"],
+                  "yes" if r["is_admin"] else "", str(r["active_keys"]), _day(r["created_at"]))
+                 for r in rows]))
+    print(f"{len(rows)} user(s)", file=sys.stderr)
+    return 0
+
+
+async def _users_delete(db, args) -> int:  # type: ignore[no-untyped-def]
+    user = await db.fetch_one("user_by_email", {"email": normalize_email(args.email)})
+    if user is None or user["status"] == "deleted":
+        raise AccountError(f"no user with e-mail {args.email}")
+    try:
+        await delete_account(db, user["id"], user["email"])
+    except SiteAccountError as exc:
+        raise AccountError(str(exc)) from None
+    print(f"deleted {args.email}: keys revoked, personal data erased", file=sys.stderr)
+    return 0
+
+
+async def _keys_list(db, args) -> int:  # type: ignore[no-untyped-def]
+    email = normalize_email(args.email) if args.email else ""
+    rows = await db.fetch_all("keys_list", {"email": email})
+    print(table(("prefix", "user", "name", "created", "last used", "state"),
+                [(r["prefix"], r["email"], r["name"] or "-", _day(r["created_at"]),
+                  _day(r["last_used_at"]), "revoked" if r["revoked_at"] else "active")
+                 for r in rows]))
+    print(f"{len(rows)} key(s)", file=sys.stderr)
+    return 0
+
+
+def _day(ts: float | None) -> str:
+    return "-" if ts is None else time.strftime("%Y-%m-%d", time.gmtime(ts))
+
+
+def table(head: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+              for i, h in enumerate(head)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip()]
+    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in lines]
+    return "\n".join(out)
 
 
 async def _keys_add(db, args) -> int:  # type: ignore[no-untyped-def]
@@ -206,6 +318,9 @@ COMMANDS: dict[tuple[str, str], Callable[..., Awaitable[int]]] = {
     ("users", "plan"): _users_plan,
     ("users", "suspend"): _users_suspend,
     ("users", "activate"): _users_activate,
+    ("users", "list"): _users_list,
+    ("users", "delete"): _users_delete,
+    ("keys", "list"): _keys_list,
     ("keys", "add"): _keys_add,
     ("keys", "revoke"): _keys_revoke,
     ("usage", ""): _usage,

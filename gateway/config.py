@@ -763,7 +763,7 @@ def load_config(path: str | None = None, env: Mapping[str, str] | None = None) -
     env = os.environ if env is None else env
     path = path or env.get("LLMAPI_CONFIG") or None
     if path is None:
-        return parse_config({}, env=env)
+        return parse_config({}, source="<defaults>", env=env)
     file = Path(path)
     try:
         raw = file.read_bytes()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import os
+import sqlite3
 import sys
 
 from aiohttp import web
@@ -30,9 +33,66 @@ def install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+EXIT_USAGE = 2
+
+
+class StartupError(Exception):
+    """A problem the operator can fix, said in one line (no traceback)."""
+
+
+def check_data_dir(config: Config) -> None:
+    """The database folder must exist or be creatable, and be writable."""
+    folder = config.database_path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the database folder {folder}: "
+                           f"{exc.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StartupError(f"the database folder {folder} is not writable")
+
+
+def next_steps(config: Config) -> str:
+    """What to do after a zero-config start: a user, a key, and where to point the client."""
+    base = f"http://{config.server.host}:{config.server.port}"
+    return ("next steps (in another terminal):\n"
+            "  python -m gateway users add you@example.com\n"
+            "  python -m gateway keys add you@example.com      # prints the key once\n"
+            f"  export ANTHROPIC_BASE_URL={base} ANTHROPIC_API_KEY=<that key>\n"
+            "then run claude (or any Anthropic SDK); README.md explains [[providers]]")
+
+
+def warn_about_providers(config: Config) -> None:
+    for provider in config.providers:
+        if provider.protocol != "demo" and not provider.api_key:
+            log.warning("provider %s has no API key (api_key / api_key_env): its upstream "
+                        "will likely refuse every request with 401", provider.name)
+
+
 def serve(config: Config) -> int:
+    """Run until stopped; 0 on a clean stop, 2 with one line for a fixable start problem."""
     configure_logging()
+    try:
+        check_data_dir(config)
+        return _run(config)
+    except StartupError as exc:
+        print(f"llmapi: {exc}", file=sys.stderr)
+    except OSError as exc:  # binding the port, reading a file the config names
+        where = f"{config.server.host}:{config.server.port}"
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            print(f"llmapi: cannot listen on {where}: {exc.strerror} "
+                  "(another server running? choose one with --port)", file=sys.stderr)
+        else:
+            print(f"llmapi: cannot start: {exc}", file=sys.stderr)
+    except sqlite3.Error as exc:
+        print(f"llmapi: cannot open the database {config.database_path}: {exc}",
+              file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _run(config: Config) -> int:
     install_uvloop()
+    warn_about_providers(config)
     app = build_app(config)
     providers = ", ".join(f"{p.name} ({p.protocol})" for p in config.providers)
     host, port = config.server.host, config.server.port
@@ -40,6 +100,8 @@ def serve(config: Config) -> int:
     def announce(_: str) -> None:
         print(f"llmapi listening on http://{host}:{port} | providers: {providers} | "
               f"database: {config.database_path}", file=sys.stderr, flush=True)
+        if config.source == "<defaults>":
+            print(next_steps(config), file=sys.stderr, flush=True)
 
     web.run_app(app, host=host, port=port, access_log=None, print=announce,
                 handler_cancellation=True, shutdown_timeout=config.server.shutdown_grace)

@@ -39,3 +39,11 @@ SELECT k.*, u.email FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.pre
 
 -- name: key_set_rpm
 UPDATE api_keys SET rpm_override = :rpm, updated_at = :now WHERE id = :key_id;
+
+-- name: keys_list
+-- The operator's `keys list [EMAIL]`: every key (never its hash), newest first.
+SELECT k.id, k.prefix, k.name, k.created_at, k.last_used_at, k.revoked_at, k.rpm_override,
+       u.email
+FROM api_keys k JOIN users u ON u.id = k.user_id
+WHERE (:email = '' OR u.email = :email)
+ORDER BY k.id DESC;

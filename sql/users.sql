@@ -44,3 +44,16 @@ ON CONFLICT (user_id) DO UPDATE SET
     period_end = CASE WHEN excluded.period_start > subscriptions.period_start
         THEN excluded.period_end ELSE subscriptions.period_end END,
     period_start = MAX(subscriptions.period_start, excluded.period_start);
+
+    period_start = excluded.period_start, period_end = excluded.period_end,
+    tokens_used = excluded.tokens_used, requests_used = excluded.requests_used;
+
+-- name: users_list
+-- The operator's `users list`: empty filter = any; deleted accounts only when asked for.
+SELECT u.id, u.email, u.name, u.status, u.is_admin, u.created_at, s.plan, s.paid_until,
+       (SELECT COUNT(*) FROM api_keys k WHERE k.user_id = u.id AND k.revoked_at IS NULL)
+           AS active_keys
+FROM users u LEFT JOIN subscriptions s ON s.user_id = u.id
+WHERE (:plan = '' OR s.plan = :plan)
+  AND ((:status = '' AND u.status != 'deleted') OR u.status = :status)
+ORDER BY u.id;

@@ -116,3 +116,16 @@ async def browser() -> AsyncIterator[Any]:
                                                     args=CHROMIUM_ARGS)
         yield chromium
         await chromium.close()
+
+
+# Markers by place: every test under tests/browser/ drives Chromium; these take long.
+SLOW_MODULES = ("tests/api/test_e2e_claude_code.py", "tests/loadtest/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        where = Path(str(item.fspath)).relative_to(ROOT).as_posix()
+        if where.startswith("tests/browser/"):
+            item.add_marker(pytest.mark.browser)
+        if where.startswith(SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)

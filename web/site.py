@@ -15,7 +15,6 @@ import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,6 +34,7 @@ from gateway.config import CONFIG, Config
 from gateway.errors import ERROR_PAGE, ApiError
 from gateway.paths import GOOGLE_CALLBACK, is_api_path, is_hot_path
 from gateway.reports.dashboard import change
+from gateway.resources import resource_dir
 from gateway.store.base import DATABASE
 from web import i18n
 from web.blog import Post, load_posts
@@ -53,9 +53,8 @@ log = logging.getLogger("llmapi.site")
 # aiohttp-session 2.12 stores its request keys as plain strings; that is its business.
 warnings.filterwarnings("ignore", category=NotAppKeyWarning, module="aiohttp_session")
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = ROOT / "templates"
-STATIC_DIR = ROOT / "static"
+TEMPLATES_DIR = resource_dir("templates")
+STATIC_DIR = resource_dir("static")
 BLOG_DIR = TEMPLATES_DIR / "blog"
 LOCALE_DIR = TEMPLATES_DIR / "locale"
 

@@ -18,9 +18,10 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.resources import resource_dir
 from gateway.store.base import Params, Row
 
-SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
+SQL_DIR = resource_dir("sql")
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 
 NO_PARAMS: Params = {}

@@ -12,6 +12,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -53,6 +54,22 @@ async def user_with_session(site: Gateway, email: str) -> tuple[str, RemoteSessi
 async def terminal_text(page: Page) -> str:
     text: str = await page.evaluate("window.llmapiRemote.text()")
     return text
+
+
+async def wait_for_process(argv: list[str], timeout: float = 10) -> None:
+    """Until a process with exactly this command line runs (read from /proc)."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if (entry / "cmdline").read_bytes() == wanted:
+                        return
+                except OSError:
+                    continue
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no process {argv} started within {timeout}s")
 
 
 async def wait_for_text(page: Page, pattern: str, timeout: float = 10) -> str:
@@ -111,7 +128,7 @@ async def test_phone_page_types_into_a_real_shell_and_shows_its_output(
         await page.fill("#term-line-text", "sleep 30; echo sleep-was-not-interrupted")
         await page.click("#term-line button[type=submit]")
         await wait_for_text(page, r"sleep 30; echo sleep-was-not-interrupted")
-        await asyncio.sleep(0.3)
+        await wait_for_process(["sleep", "30"])  # a Ctrl-C before the shell ran it is lost
         await page.click(".term-key[data-key='ctrl-c']")
         await page.fill("#term-line-text", "echo after-$((1+1))-ctrl-c")
         await page.click("#term-line button[type=submit]")
