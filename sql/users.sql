@@ -45,9 +45,6 @@ ON CONFLICT (user_id) DO UPDATE SET
         THEN excluded.period_end ELSE subscriptions.period_end END,
     period_start = MAX(subscriptions.period_start, excluded.period_start);
 
-    period_start = excluded.period_start, period_end = excluded.period_end,
-    tokens_used = excluded.tokens_used, requests_used = excluded.requests_used;
-
 -- name: users_list
 -- The operator's `users list`: empty filter = any; deleted accounts only when asked for.
 SELECT u.id, u.email, u.name, u.status, u.is_admin, u.created_at, s.plan, s.paid_until,
