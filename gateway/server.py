@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import Config
+from gateway.store.factory import describe
 
 log = logging.getLogger("llmapi")
 
@@ -39,7 +40,7 @@ def serve(config: Config) -> int:
 
     def announce(_: str) -> None:
         print(f"llmapi listening on http://{host}:{port} | providers: {providers} | "
-              f"database: {config.database_path}", file=sys.stderr, flush=True)
+              f"database: {describe(config)}", file=sys.stderr, flush=True)
 
     web.run_app(app, host=host, port=port, access_log=None, print=announce,
                 handler_cancellation=True, shutdown_timeout=config.server.shutdown_grace)
