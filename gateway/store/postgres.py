@@ -15,8 +15,9 @@ How it differs from SQLite, and why:
   row lock, so it cannot join a deadlock cycle.
 - Migrations (`sql/postgres/NNNN_*.sql`, numbered like `sql/migrations/`) run in one
   transaction under their own advisory lock: instances starting together apply them once.
-- `execute_many` of a plain `INSERT INTO t (cols) VALUES (:a, :b, ...)` (the usage rows) is
-  one `COPY` into the table instead of one statement per row.
+- `execute_many` of a plain `INSERT INTO t (cols) VALUES (:a, :b, ...)` is one `COPY` into
+  the table; any other (the usage rows, which skip a request id already written) goes
+  through asyncpg's `executemany`, which pipelines the whole batch in one round trip.
 - `SUM()` of a bigint is `numeric` in PostgreSQL; it is decoded to `int` (or `float` when it
   has a fraction) so figures look the same as from SQLite.
 """
@@ -96,8 +97,19 @@ def rewrite(name: str, sql: str) -> Query:
     return Query(name, text, tuple(order), table, columns)
 
 
+PG_OVERRIDES_DIR = PG_MIGRATIONS_DIR / "queries"
+
+
 def load_pg_queries(directory: Path = SQL_DIR) -> dict[str, Query]:
-    return {name: rewrite(name, sql) for name, sql in load_queries(directory).items()}
+    """The shared queries, with `sql/postgres/queries/*.sql` replacing the few whose SQLite
+    spelling PostgreSQL does not accept (an override of an unknown name is a mistake)."""
+    queries = load_queries(directory)
+    overrides = load_queries(PG_OVERRIDES_DIR)
+    unknown = set(overrides) - set(queries)
+    if unknown:
+        raise ValueError(f"PostgreSQL overrides of unknown queries: {sorted(unknown)}")
+    queries.update(overrides)
+    return {name: rewrite(name, sql) for name, sql in queries.items()}
 
 
 def _numeric(text: str) -> int | float:
