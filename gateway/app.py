@@ -38,7 +38,7 @@ from gateway.relay.health_checks import HEALTH, HealthChecker
 from gateway.remote.hub import REMOTE_HUB, RemoteHub, ViewerAuth
 from gateway.reports.health import STARTED_AT
 from gateway.store.base import DATABASE, Store
-from gateway.store.sqlite import open_database
+from gateway.store.factory import open_store
 from gateway.streams import STREAMS, OpenStreams
 from web.routes import add_routes as add_site_routes
 from web.sessions import signed_in_user
@@ -86,7 +86,7 @@ async def running(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[N
 
 async def database(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    db = await open_database(config.database_path)
+    db = await open_store(config)
     try:
         await sync_plans(db, config.plans)
         app[DATABASE] = db

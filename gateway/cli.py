@@ -31,7 +31,7 @@ from gateway.accounts.users import (
 from gateway.config import Config, ConfigError, load_config, override_server
 from gateway.remote import bridge as remote_bridge
 from gateway.server import serve
-from gateway.store.sqlite import open_database
+from gateway.store.factory import open_store
 from gateway.testing import fake_alipay, fake_upstream
 
 EXIT_USAGE = 2
@@ -171,7 +171,7 @@ def confirm(prompt: str, expected: str) -> bool:
 
 
 async def _with_db(config: Config, work: Callable[..., Awaitable[int]]) -> int:
-    db = await open_database(config.database_path)
+    db = await open_store(config)
     try:
         await sync_plans(db, config.plans)
         return await work(db)

@@ -110,6 +110,27 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class DatabaseConfig:
     path: str = "data/llmapi.db"
+    # PostgreSQL instead of the SQLite file: several instances share it (docs/scale-out.md).
+    # LLMAPI_DATABASE_URL wins over the file, so the password need not be committed.
+    url: str = ""
+
+    @property
+    def postgres(self) -> bool:
+        return bool(self.url)
+
+
+REDIS_POLICIES = ("fail_open", "fail_closed")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """Shared counters, revocation and remote fan-out for several instances."""
+
+    url: str = ""  # empty: counters stay in this process's memory (one instance)
+    # While Redis is unreachable: "fail_open" admits requests, counted in memory only and
+    # checked against the local figures; "fail_closed" refuses them with 503.
+    on_error: str = "fail_open"
+    timeout: float = 0.5  # seconds one admission may wait on Redis before the policy applies
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +309,7 @@ class RoutingConfig:
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
     providers: tuple[ProviderConfig, ...] = ()
     plans: tuple[PlanConfig, ...] = ()
     routing: RoutingConfig = field(default_factory=RoutingConfig)
@@ -618,6 +640,34 @@ def _site(r: _Reader) -> SiteConfig:
     return site
 
 
+def _database(r: _Reader, env: Mapping[str, str]) -> DatabaseConfig:
+    path = r.get("path", str, DatabaseConfig().path)
+    if not path:
+        raise r.error("path", "must not be empty")
+    url = r.get("url", str, "")
+    url = env.get("LLMAPI_DATABASE_URL") or url
+    r.finish()
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        # never echo the value: it may carry a password
+        raise r.error("url", "must start with postgresql:// (SQLite is chosen by `path`)")
+    return DatabaseConfig(path=path, url=url)
+
+
+def _redis(r: _Reader, env: Mapping[str, str]) -> RedisConfig:
+    d = RedisConfig()
+    url = r.get("url", str, d.url)
+    url = env.get("LLMAPI_REDIS_URL") or url
+    on_error = r.get("on_error", str, d.on_error)
+    timeout = r.positive("timeout", float, d.timeout)
+    r.finish()
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise r.error("url", "must start with redis://, rediss:// or unix://")
+    if on_error not in REDIS_POLICIES:
+        raise r.error("on_error", f"must be one of {', '.join(REDIS_POLICIES)}, "
+                                  f"got {on_error!r}")
+    return RedisConfig(url=url, on_error=on_error, timeout=timeout)
+
+
 def _remote(r: _Reader) -> RemoteConfig:
     d = RemoteConfig()
     triggers = r.get("triggers", list, list(d.triggers))
@@ -712,10 +762,8 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     root = _Reader(source, "", data)
     server = _server(root.sub("server"))
     db_r = root.sub("database")
-    database = DatabaseConfig(path=db_r.get("path", str, DatabaseConfig().path))
-    if not database.path:
-        raise db_r.error("path", "must not be empty")
-    db_r.finish()
+    database = _database(db_r, env)
+    redis = _redis(root.sub("redis"), env)
 
     providers: list[ProviderConfig] = []
     for i, table in enumerate(root.get("providers", list, [])):
@@ -744,6 +792,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>",
     return Config(
         server=server,
         database=database,
+        redis=redis,
         providers=final_providers,
         routing=routing,
         plans=tuple(plans.values()),

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import Config
+from gateway.store.factory import describe
 
 log = logging.getLogger("llmapi")
 
@@ -99,7 +100,7 @@ def _run(config: Config) -> int:
 
     def announce(_: str) -> None:
         print(f"llmapi listening on http://{host}:{port} | providers: {providers} | "
-              f"database: {config.database_path}", file=sys.stderr, flush=True)
+              f"database: {describe(config)}", file=sys.stderr, flush=True)
         if config.source == "<defaults>":
             print(next_steps(config), file=sys.stderr, flush=True)
 

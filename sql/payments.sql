@@ -98,10 +98,10 @@ ORDER BY o.created_at DESC LIMIT :limit OFFSET :offset;
 SELECT COUNT(*) AS n FROM orders WHERE (:status = '' OR status = :status);
 
 -- name: admin_usage_export
-SELECT CAST(l.created_at / 86400 AS INTEGER) AS day, u.email AS user_email, COUNT(*) AS requests,
+SELECT CAST(floor(l.created_at / 86400) AS INTEGER) AS day, u.email AS user_email, COUNT(*) AS requests,
        SUM(l.input_tokens) AS input_tokens, SUM(l.output_tokens) AS output_tokens,
        SUM(l.thinking_tokens) AS thinking_tokens, SUM(l.cache_read_tokens) AS cache_read_tokens,
        SUM(l.cache_creation_tokens) AS cache_creation_tokens, SUM(l.cost) AS cost, l.currency
 FROM usage_logs l LEFT JOIN users u ON u.id = l.user_id
 WHERE l.created_at >= :since
-GROUP BY day, l.user_id, l.currency ORDER BY day, user_email;
+GROUP BY day, l.user_id, u.email, l.currency ORDER BY day, user_email;

@@ -44,7 +44,7 @@ SELECT u.email AS email, l.ingress AS ingress, l.provider AS provider,
        SUM(l.cost) AS cost,
        SUM(CASE WHEN l.status = 'success' THEN 0 ELSE 1 END) AS failed
 FROM usage_logs l LEFT JOIN users u ON u.id = l.user_id
-WHERE l.created_at >= :since AND (:email IS NULL OR u.email = :email)
+WHERE l.created_at >= :since AND (CAST(:email AS TEXT) IS NULL OR u.email = :email)
 GROUP BY u.email, l.ingress, l.provider, l.upstream_model, l.currency
 ORDER BY u.email, cost DESC;
 

@@ -43,7 +43,8 @@ ON CONFLICT (user_id) DO UPDATE SET
         ELSE subscriptions.requests_used END,
     period_end = CASE WHEN excluded.period_start > subscriptions.period_start
         THEN excluded.period_end ELSE subscriptions.period_end END,
-    period_start = MAX(subscriptions.period_start, excluded.period_start);
+    period_start = CASE WHEN excluded.period_start > subscriptions.period_start
+        THEN excluded.period_start ELSE subscriptions.period_start END;
 
 -- name: users_list
 -- The operator's `users list`: empty filter = any; deleted accounts only when asked for.

@@ -129,3 +129,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
         if where.startswith(SLOW_MODULES):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """A fresh, empty PostgreSQL database on the run's shared cluster (real server from
+    Debian's package, started on first use; a failure to start fails the test)."""
+    from tests.helpers.services import fresh_database_url
+
+    return fresh_database_url()
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A real redis-server of its own on a free loopback port (no persistence)."""
+    from tests.helpers.services import RedisServer
+
+    server = RedisServer().start()
+    yield server
+    server.destroy()

@@ -155,7 +155,7 @@ def test_the_checker_sees_what_it_must() -> None:
         "web.pages -> gateway.relay.routing: the site never reaches into the relay"]
     graph = import_graph()
     assert "gateway.api.messages" in graph["gateway.api.endpoints"]  # function bodies read
-    assert "gateway.store.sqlite" in graph["gateway.app"]
+    assert "gateway.store.factory" in graph["gateway.app"]
 
 
 def test_every_package_says_what_it_owns() -> None:

@@ -34,6 +34,7 @@ from gateway.remote.hub import REMOTE_HUB
 from gateway.reports.health import STARTED_AT
 from gateway.store.base import DATABASE
 from gateway.streams import STREAMS
+from tests.helpers.services import fresh_database_url
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -55,7 +56,10 @@ def free_port() -> int:
 
 def make_config(tmp_path: Path, data: dict[str, Any] | None = None) -> Config:
     data = dict(data or {})
-    data.setdefault("database", {"path": str(tmp_path / "llmapi.db")})
+    database = {"path": str(tmp_path / "llmapi.db")}
+    if os.environ.get("LLMAPI_TEST_STORE") == "postgres":  # the suite against PostgreSQL
+        database["url"] = fresh_database_url()
+    data.setdefault("database", database)
     return parse_config(data, source="test-config", env={}, base_dir=tmp_path)
 
 
