@@ -165,8 +165,17 @@ def claude_code_body(text: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+SDK_EXTRA = ("context_management", "output_config", "temperature")
+
+
 async def final_of(sdk: anthropic.AsyncAnthropic, body: dict[str, Any]) -> Any:
-    async with sdk.messages.stream(**body) as stream:
+    """The validated final message of a stream (fields this SDK version does not type, such
+    as Claude Code's `context_management`, go as extra body)."""
+    extra = {k: body[k] for k in SDK_EXTRA if k in body}
+    kwargs = {k: v for k, v in body.items() if k not in SDK_EXTRA}
+    if extra:
+        kwargs["extra_body"] = {**kwargs.get("extra_body", {}), **extra}
+    async with sdk.messages.stream(**kwargs) as stream:
         return await stream.get_final_message()
 
 

@@ -69,6 +69,17 @@ Knobs (per request, and as server defaults)
                       ``content_filter`` (Anthropic names ``end_turn``, ``max_tokens``,
                       ``tool_use``, ``refusal`` are accepted too and mapped).
 
+``queue_for``         vendor profiles: seconds the request waits in the vendor's queue, the
+                      response open and sending keep-alives (the profile's SSE comment for
+                      a stream, blank lines for a non-stream body), then the answer.
+``error_in_200``      vendor profiles: HTTP 200 whose body (or first stream event, with
+                      ``finish_reason: "error"``) is an OpenRouter-style error.
+
+Vendor profiles (``--vendor NAME``, ``FakeSettings(vendor=NAME)``): the fake refuses what
+that vendor refuses, with its error wording, and answers in its dialect (reasoning field,
+usage placement, cache fields, tool ids); see gateway/testing/vendors.py and docs/vendors.md.
+A request the vendor would think on gets reasoning pieces before its answer.
+
 Order of effects: ``first_byte_delay``, ``hang``, ``status``, then the answer.
 
 Scenarios
@@ -101,6 +112,11 @@ Scenarios
 ``run_command``     for the Codex CLI end-to-end test: as ``write_file``, but the one call is
                     to Codex's ``exec_command`` tool with ``{"cmd": "printf '...' > P"}``
                     (the command writes the same content to P).
+``agent_steps``     Claude Code's multi-step task: while the history holds no tool-calling
+                    turn, ONE ``Read`` of the first absolute path in the earliest user text;
+                    after one such turn, a ``Write`` of ``PATH.out`` (content as in
+                    ``write_file``) and a ``Bash`` (``echo agent-steps-bash``) in parallel;
+                    after two, the text ``Done.``.
 ``error_midstream`` the text's first ceil(``chunks``/2) pieces, then an error in the stream
                     (OpenAI: ``data: {"error": {...}}``; Anthropic: ``event: error`` with
                     ``overloaded_error``) and the end of the body, no finish and no usage.
@@ -185,6 +201,7 @@ SCENARIOS = (
     "image_check",
     "write_file",
     "run_command",
+    "agent_steps",
     "error_midstream",
 )
 USAGE_MODES = ("final", "finish", "none")
@@ -496,6 +513,8 @@ def request_answer(script: Script, body: Mapping[str, Any], protocol: Protocol) 
         text = orjson.dumps(_summary(body, protocol, messages)).decode()
     elif script.scenario == "image_check":
         text = f"image parts received: {_count_images(messages)}"
+    elif script.scenario == "agent_steps":
+        return _agent_step(script, messages)
     elif _has_tool_result(messages):
         text = "Done."
     else:
@@ -512,6 +531,49 @@ def request_answer(script: Script, body: Mapping[str, Any], protocol: Protocol) 
             pieces += [Piece("args", t, 0) for t in _split(arguments, max(1, script.chunks))]
             return _finished(script, pieces, "tool_calls")
     return _finished(script, [Piece("text", t) for t in _split(text, script.chunks)], "stop")
+
+
+AGENT_BASH = "echo agent-steps-bash"
+
+
+def _agent_step(script: Script, messages: list[dict[str, Any]]) -> Answer:
+    """agent_steps: a Read of the task's file, then a Write and a Bash in parallel, then a
+    final answer; the step is the number of tool-calling turns already in the history."""
+    done = sum(1 for m in messages if m.get("role") == "assistant" and (
+        m.get("tool_calls") or any(b.get("type") == "tool_use" for b in _blocks(m.get("content")))))
+    path = _task_path(messages)
+    if path is None:
+        text = "agent_steps: no absolute path in the task"
+        return _finished(script, [Piece("text", t) for t in _split(text, script.chunks)], "stop")
+    if done == 0:
+        calls = [("Read", {"file_path": path})]
+    elif done == 1:
+        calls = [("Write", {"file_path": path + ".out", "content": WRITE_CONTENT}),
+                 ("Bash", {"command": AGENT_BASH, "description": "Say the step ran"})]
+    else:
+        return _finished(script, [Piece("text", "Done.")], "stop")
+    pieces: list[Piece] = []
+    fragments = []
+    for index, (name, arguments) in enumerate(calls):
+        pieces.append(Piece("tool", "", index, name))
+        fragments.append(_split(orjson.dumps(arguments).decode(), max(1, script.chunks)))
+    for position in range(max(len(f) for f in fragments)):
+        for index, parts in enumerate(fragments):
+            if position < len(parts):
+                pieces.append(Piece("args", parts[position], index))
+    return _finished(script, pieces, "tool_calls")
+
+
+def _task_path(messages: list[dict[str, Any]]) -> str | None:
+    """The first absolute path in the earliest user text that has one (the task)."""
+    for message in messages:
+        if message.get("role") != "user":
+            continue
+        for text in _texts(message.get("content")):
+            match = _ABS_PATH.search(_REMINDER.sub(" ", _DIRECTIVE.sub(" ", text)))
+            if match:
+                return match.group(0).rstrip(".,:;!?")
+    return None
 
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
