@@ -37,7 +37,7 @@ from gateway.protocol.tool_ids import upstream_tool_id  # noqa: E402
 from gateway.testing.fake_upstream import FakeSettings  # noqa: E402
 from gateway.testing.fake_upstream import build_app as build_fake  # noqa: E402
 from gateway.testing.vendors import VENDORS, thinking_active  # noqa: E402
-from tests.conftest import Gateway, make_config  # noqa: E402
+from tests.helpers.gateway import Gateway, make_config  # noqa: E402
 
 CLAUDE_CODE_SHAPES = "2.1.x"  # request shapes of Claude Code 2.1.x (see tests/e2e)
 DOC = ROOT / "docs" / "compatibility.md"
@@ -291,8 +291,8 @@ async def check_usage(r: Rig) -> Result:
     usage = final.usage
     if usage.output_tokens != pieces:
         return False, f"output {usage.output_tokens}, upstream said {pieces}"
-    await r.gw.app[_recorder_key()].flush()
-    with sqlite3.connect(r.gw.app[_db_key()].path) as conn:
+    await r.gw.recorder.flush()
+    with sqlite3.connect(r.gw.db.path) as conn:
         row = conn.execute("SELECT input_tokens, output_tokens, cache_read_tokens "
                            "FROM usage_logs ORDER BY rowid DESC LIMIT 1").fetchone()
     expected = (usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens or 0)
@@ -339,18 +339,6 @@ CHECKS: dict[str, Callable[[Rig], Awaitable[Result]]] = {
     "cache tokens": check_cache,
     "errors surfaced": check_errors,
 }
-
-
-def _recorder_key() -> Any:
-    from gateway.accounting.usage import RECORDER
-
-    return RECORDER
-
-
-def _db_key() -> Any:
-    from gateway.store.sqlite import DATABASE
-
-    return DATABASE
 
 
 async def run_row(vendor: str, protocol: str, tmp: Path) -> dict[str, Result]:

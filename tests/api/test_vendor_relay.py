@@ -11,9 +11,6 @@ import aiohttp
 import anthropic
 import pytest
 
-from gateway.accounting.usage import RECORDER
-from gateway.relay.breaker import BREAKERS
-from gateway.store.sqlite import DATABASE
 from gateway.testing.vendors import VENDORS, check_request
 from tests.compat import MODEL, claude_code_body, final_of, rig
 
@@ -114,8 +111,8 @@ async def test_kimi_usage_in_the_choice_is_exact(tmp_path: Path) -> None:
         final = await final_of(r.sdk, claude_code_body('[[fake:{"chunks":5,"cached_tokens":16}]]',
                                                        thinking={"type": "disabled"}))
         assert final.usage.output_tokens == 5 and final.usage.cache_read_input_tokens == 16
-        await r.gw.app[RECORDER].flush()
-        with sqlite3.connect(r.gw.app[DATABASE].path) as conn:
+        await r.gw.recorder.flush()
+        with sqlite3.connect(r.gw.db.path) as conn:
             row = conn.execute("SELECT output_tokens, cache_read_tokens, input_tokens "
                                "FROM usage_logs").fetchone()
         assert row == (5, 16, final.usage.input_tokens)
@@ -210,8 +207,8 @@ async def test_reasoning_model_is_the_model_of_record(tmp_path: Path) -> None:
                                                               "budget_tokens": 2000}))
         sent = await r.last_upstream()
         assert (sent["model"], sent["max_tokens"]) == ("fake-reasoner", 5000)
-        await r.gw.app[RECORDER].flush()
-        with sqlite3.connect(r.gw.app[DATABASE].path) as conn:
+        await r.gw.recorder.flush()
+        with sqlite3.connect(r.gw.db.path) as conn:
             assert conn.execute("SELECT upstream_model FROM usage_logs").fetchone() == \
                 ("fake-reasoner",)
 
@@ -241,7 +238,7 @@ async def test_upstream_refusing_the_gateway_key_is_said_and_not_overloaded(
             assert "refused the gateway's credentials" in str(info.value.message)
             assert info.value.response.headers["x-should-retry"] == "false"
         assert (await r.stats())["total_requests"] == 3  # one attempt per request
-        assert r.gw.app[BREAKERS]["deepseek"].state == "closed"
+        assert r.gw.breakers["deepseek"].state == "closed"
 
 
 async def test_upstream_429_keeps_retry_after(tmp_path: Path) -> None:
