@@ -12,6 +12,7 @@ from markupsafe import escape as escape_html
 from gateway.billing.payments import PAYMENTS
 from gateway.config import CONFIG
 from gateway.reports import catalog, savings
+from gateway.reports.compatibility import load_matrix
 from gateway.reports.health import health_snapshot
 from web import legal
 from web.guards import current_user
@@ -70,6 +71,7 @@ async def docs(request: web.Request) -> web.Response:
         "routes": catalog.example_routes(config),
         "provider_status": {name: p.get("status", "") for name, p in
                             snapshot.get("providers", {}).items()},
+        "compatibility": load_matrix(),  # measured by the test suite (docs/compatibility.md)
     })
 
 

@@ -69,6 +69,17 @@ Knobs (per request, and as server defaults)
                       ``content_filter`` (Anthropic names ``end_turn``, ``max_tokens``,
                       ``tool_use``, ``refusal`` are accepted too and mapped).
 
+``queue_for``         vendor profiles: seconds the request waits in the vendor's queue, the
+                      response open and sending keep-alives (the profile's SSE comment for
+                      a stream, blank lines for a non-stream body), then the answer.
+``error_in_200``      vendor profiles: HTTP 200 whose body (or first stream event, with
+                      ``finish_reason: "error"``) is an OpenRouter-style error.
+
+Vendor profiles (``--vendor NAME``, ``FakeSettings(vendor=NAME)``): the fake refuses what
+that vendor refuses, with its error wording, and answers in its dialect (reasoning field,
+usage placement, cache fields, tool ids); see gateway/testing/vendors.py and docs/vendors.md.
+A request the vendor would think on gets reasoning pieces before its answer.
+
 Order of effects: ``first_byte_delay``, ``hang``, ``status``, then the answer.
 
 Scenarios
@@ -101,6 +112,11 @@ Scenarios
 ``run_command``     for the Codex CLI end-to-end test: as ``write_file``, but the one call is
                     to Codex's ``exec_command`` tool with ``{"cmd": "printf '...' > P"}``
                     (the command writes the same content to P).
+``agent_steps``     Claude Code's multi-step task: while the history holds no tool-calling
+                    turn, ONE ``Read`` of the first absolute path in the earliest user text;
+                    after one such turn, a ``Write`` of ``PATH.out`` (content as in
+                    ``write_file``) and a ``Bash`` (``echo agent-steps-bash``) in parallel;
+                    after two, the text ``Done.``.
 ``error_midstream`` the text's first ceil(``chunks``/2) pieces, then an error in the stream
                     (OpenAI: ``data: {"error": {...}}``; Anthropic: ``event: error`` with
                     ``overloaded_error``) and the end of the body, no finish and no usage.
@@ -166,6 +182,14 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from gateway.testing.vendors import (
+    VENDORS,
+    Vendor,
+    check_request,
+    openrouter_error_in_200,
+    thinking_active,
+)
+
 Protocol = Literal["openai", "anthropic"]
 
 SCENARIOS = (
@@ -177,6 +201,7 @@ SCENARIOS = (
     "image_check",
     "write_file",
     "run_command",
+    "agent_steps",
     "error_midstream",
 )
 USAGE_MODES = ("final", "finish", "none")
@@ -188,6 +213,10 @@ STOP_REASONS = {
     "content_filter": "refusal",
 }
 FINISH_ALIASES = {anthropic: openai for openai, anthropic in STOP_REASONS.items()}
+# Vendor finish reasons beyond OpenAI's four (DeepSeek's insufficient_system_resource, GLM's
+# sensitive / network_error, vLLM's abort, OpenRouter's error); Anthropic shows end_turn.
+VENDOR_FINISH = ("insufficient_system_resource", "sensitive", "network_error", "abort",
+                 "error", "something_new")
 
 DEFAULT_TEXT = "Hello from the fake upstream! This answer is scripted, not generated."
 REASONING_TEXT = "The fake upstream considers the request before it answers."
@@ -237,6 +266,8 @@ class Script:
     usage: str = "final"
     cached_tokens: int | None = None
     finish: str | None = None
+    queue_for: float = 0.0
+    error_in_200: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +280,7 @@ class FakeSettings(Script):
     forever: float = 3600.0
     prefix_cache_size: int = 65536
     history_size: int = 32
+    vendor: str = ""  # a profile of gateway/testing/vendors.py: strict vendor rules and shapes
 
 
 SCRIPT_FIELDS = tuple(f.name for f in dataclasses.fields(Script))
@@ -332,6 +364,8 @@ def _finish(name: str, value: object) -> str | None:
         return str(value)
     if value in FINISH_ALIASES:
         return FINISH_ALIASES[str(value)]
+    if value in VENDOR_FINISH:
+        return str(value)
     raise ScriptError(f"finish must be one of {', '.join(STOP_REASONS)}, got {value!r}")
 
 
@@ -352,6 +386,8 @@ _KNOBS: dict[str, Callable[[str, object], object]] = {
     "usage": _usage,
     "cached_tokens": _opt_int,
     "finish": _finish,
+    "queue_for": _seconds,
+    "error_in_200": _bool,
 }
 assert set(_KNOBS) == set(SCRIPT_FIELDS)
 
@@ -493,6 +529,8 @@ def request_answer(script: Script, body: Mapping[str, Any], protocol: Protocol) 
         text = orjson.dumps(_summary(body, protocol, messages)).decode()
     elif script.scenario == "image_check":
         text = f"image parts received: {_count_images(messages)}"
+    elif script.scenario == "agent_steps":
+        return _agent_step(script, messages)
     elif _has_tool_result(messages):
         text = "Done."
     else:
@@ -509,6 +547,49 @@ def request_answer(script: Script, body: Mapping[str, Any], protocol: Protocol) 
             pieces += [Piece("args", t, 0) for t in _split(arguments, max(1, script.chunks))]
             return _finished(script, pieces, "tool_calls")
     return _finished(script, [Piece("text", t) for t in _split(text, script.chunks)], "stop")
+
+
+AGENT_BASH = "echo agent-steps-bash"
+
+
+def _agent_step(script: Script, messages: list[dict[str, Any]]) -> Answer:
+    """agent_steps: a Read of the task's file, then a Write and a Bash in parallel, then a
+    final answer; the step is the number of tool-calling turns already in the history."""
+    done = sum(1 for m in messages if m.get("role") == "assistant" and (
+        m.get("tool_calls") or any(b.get("type") == "tool_use" for b in _blocks(m.get("content")))))
+    path = _task_path(messages)
+    if path is None:
+        text = "agent_steps: no absolute path in the task"
+        return _finished(script, [Piece("text", t) for t in _split(text, script.chunks)], "stop")
+    if done == 0:
+        calls = [("Read", {"file_path": path})]
+    elif done == 1:
+        calls = [("Write", {"file_path": path + ".out", "content": WRITE_CONTENT}),
+                 ("Bash", {"command": AGENT_BASH, "description": "Say the step ran"})]
+    else:
+        return _finished(script, [Piece("text", "Done.")], "stop")
+    pieces: list[Piece] = []
+    fragments = []
+    for index, (name, arguments) in enumerate(calls):
+        pieces.append(Piece("tool", "", index, name))
+        fragments.append(_split(orjson.dumps(arguments).decode(), max(1, script.chunks)))
+    for position in range(max(len(f) for f in fragments)):
+        for index, parts in enumerate(fragments):
+            if position < len(parts):
+                pieces.append(Piece("args", parts[position], index))
+    return _finished(script, pieces, "tool_calls")
+
+
+def _task_path(messages: list[dict[str, Any]]) -> str | None:
+    """The first absolute path in the earliest user text that has one (the task)."""
+    for message in messages:
+        if message.get("role") != "user":
+            continue
+        for text in _texts(message.get("content")):
+            match = _ABS_PATH.search(_REMINDER.sub(" ", _DIRECTIVE.sub(" ", text)))
+            if match:
+                return match.group(0).rstrip(".,:;!?")
+    return None
 
 
 def _messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -644,15 +725,22 @@ def _openai_chunk(
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
-def _openai_delta(piece: Piece, rid: str) -> dict[str, Any]:
+def _tool_id(piece: Piece, rid: str, vendor: Vendor | None) -> str:
+    if vendor is not None and vendor.tool_id_style == "kimi":
+        return f"functions.{piece.name}:{piece.call}"  # repeats on every turn, like Kimi's
+    return f"call_{rid}_{piece.call}"
+
+
+def _openai_delta(piece: Piece, rid: str, vendor: Vendor | None = None) -> dict[str, Any]:
     if piece.kind == "text":
         return {"content": piece.text}
     if piece.kind == "reasoning":
-        return {"content": None, "reasoning_content": piece.text}
+        field_name = "reasoning_content" if vendor is None else vendor.reasoning_field
+        return {"content": None, field_name: piece.text} if field_name else {}
     if piece.kind == "tool":
         call = {
             "index": piece.call,
-            "id": f"call_{rid}_{piece.call}",
+            "id": _tool_id(piece, rid, vendor),
             "type": "function",
             "function": {"name": piece.name, "arguments": ""},
         }
@@ -664,11 +752,11 @@ def _openai_error_payload(message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "server_error", "param": None, "code": "500"}}
 
 
-def render_openai_stream(answer: Answer) -> RenderedStream:
+def render_openai_stream(answer: Answer, vendor: Vendor | None = None) -> RenderedStream:
     """The cacheable part of a chat.completion.chunk stream (finish chunk without usage)."""
     opening = _openai_chunk(_RID_MARK, _MODEL_MARK, {"role": "assistant", "content": ""}, None)
     frames = tuple(
-        _openai_chunk(_RID_MARK, _MODEL_MARK, _openai_delta(p, _RID_MARK), None)
+        _openai_chunk(_RID_MARK, _MODEL_MARK, _openai_delta(p, _RID_MARK, vendor), None)
         for p in answer.pieces
     )
     if answer.error_after is not None:
@@ -761,14 +849,27 @@ class Usage(NamedTuple):
     completion: int
     reasoning: int
 
-    def openai(self) -> dict[str, Any]:
-        return {
+    def openai(self, vendor: Vendor | None = None) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt,
             "completion_tokens": self.completion,
             "total_tokens": self.prompt + self.completion,
             "prompt_tokens_details": {"cached_tokens": self.cached},
             "completion_tokens_details": {"reasoning_tokens": self.reasoning},
         }
+        style = "details" if vendor is None else vendor.cache_style
+        if style == "deepseek":
+            # DeepSeek context caching: prompt_cache_hit_tokens / prompt_cache_miss_tokens
+            # (api-docs.deepseek.com/guides/kv_cache).
+            usage["prompt_cache_hit_tokens"] = self.cached
+            usage["prompt_cache_miss_tokens"] = self.prompt - self.cached
+        elif style == "kimi":
+            # Moonshot: usage.cached_tokens at the top level, no prompt_tokens_details.
+            del usage["prompt_tokens_details"], usage["completion_tokens_details"]
+            usage["cached_tokens"] = self.cached
+        elif style == "none":
+            del usage["prompt_tokens_details"]
+        return usage
 
     def anthropic(self, output_tokens: int) -> dict[str, Any]:
         return {
@@ -1023,6 +1124,10 @@ class FakeUpstream:
         self.defaults = _default_script(settings)
         self.stats = Stats(history_size=settings.history_size)
         self.prefixes = PrefixCache(settings.prefix_cache_size)
+        if settings.vendor and settings.vendor not in VENDORS:
+            raise ScriptError(f"vendor must be one of {', '.join(VENDORS)}, "
+                              f"got {settings.vendor!r}")
+        self.vendor: Vendor | None = VENDORS.get(settings.vendor)
         self._streams: dict[tuple[Protocol, _AnswerKey], RenderedStream] = {}
         self._answers: dict[_AnswerKey, Answer] = {}
 
@@ -1178,8 +1283,10 @@ class FakeUpstream:
         return answer
 
     def _rendered(self, protocol: Protocol, script: Script, answer: Answer) -> RenderedStream:
+        if protocol == "openai" and self.vendor is not None:
+            return render_openai_stream(answer, self.vendor)  # per request: vendor shapes
         render = render_openai_stream if protocol == "openai" else render_anthropic_stream
-        if script.scenario not in _CACHEABLE:
+        if script.scenario not in _CACHEABLE or self.vendor is not None:
             return render(answer)
         key = (protocol, (script.scenario, script.chunks, script.text, script.finish))
         stream = self._streams.get(key)
@@ -1207,6 +1314,12 @@ class FakeUpstream:
             return self._answer_error(protocol, 400, str(exc))
         script = _honour_max_tokens(script, body)
         record.script = script
+        if self.vendor is not None:
+            rejection = check_request(self.vendor, body, protocol)
+            if rejection is not None:
+                self.stats.answered(rejection.status)
+                return web.Response(status=rejection.status, body=orjson.dumps(rejection.body),
+                                    content_type="application/json")
         stream = body.get("stream") is True
         stats = self.stats
         stats.active_requests += 1
@@ -1246,6 +1359,14 @@ class FakeUpstream:
             message = f"scripted {script.status} error"
             return self._answer_error(protocol, script.status, message, script.retry_after)
         answer = self._answer(script, body, protocol)
+        vendor = self.vendor
+        if vendor is not None and thinking_active(vendor, body, protocol) and not any(
+                p.kind == "reasoning" for p in answer.pieces) and script.scenario != "echo":
+            # The vendor thinks before it answers (and shows it where it shows reasoning).
+            thoughts = [Piece("reasoning", t) for t in _fill(REASONING_TEXT, script.chunks)]
+            answer = dataclasses.replace(answer, pieces=(*thoughts, *answer.pieces))
+        if vendor is not None and (script.queue_for or script.error_in_200):
+            return await self._vendor_special(request, protocol, script, answer, body, stream)
         prompt = max(1, len(raw) // 4)
         cached = self.prefixes.cached_tokens(body, protocol, raw)
         if script.cached_tokens is not None:
@@ -1282,7 +1403,8 @@ class FakeUpstream:
             return self._answer_error(protocol, 500, "scripted error")
         rid = os.urandom(12).hex()
         if protocol == "openai":
-            data = openai_completion(answer, usage, model, rid, script.usage != "none")
+            data = openai_completion(answer, usage, model, rid, script.usage != "none",
+                                     self.vendor)
         else:
             data = anthropic_message(answer, usage, model, rid)
         return self._json(data)
@@ -1302,18 +1424,25 @@ class FakeUpstream:
         rid_b, model_b = rid.encode(), orjson.dumps(model)
         closing = rendered.closing
         start = _stream_start(protocol, usage, rid, model)
+        vendor = self.vendor
         if answer.error_after is not None:
             end = b""
         elif protocol == "openai":
             end = b"data: [DONE]\n\n"
-            if script.usage == "finish":
-                closing = _openai_chunk(rid, model, {}, answer.finish, usage.openai())
-            elif script.usage == "final" and _include_usage(body):
-                end = _openai_chunk(rid, model, None, usage=usage.openai()) + end
+            place = vendor.usage_place if vendor is not None else ""
+            if script.usage == "none":
+                pass
+            elif place == "choice":
+                closing = _kimi_finish_chunk(rid, model, answer.finish, usage.openai(vendor))
+            elif script.usage == "finish":
+                closing = _openai_chunk(rid, model, {}, answer.finish, usage.openai(vendor))
+            elif place == "always_final" or _include_usage(body):
+                end = _openai_chunk(rid, model, None, usage=usage.openai(vendor)) + end
         else:
             delta = {
                 "type": "message_delta",
-                "delta": {"stop_reason": STOP_REASONS[answer.finish], "stop_sequence": None},
+                "delta": {"stop_reason": STOP_REASONS.get(answer.finish, "end_turn"),
+                          "stop_sequence": None},
                 "usage": usage.anthropic(usage.completion),
             }
             end = _sse("message_delta", delta) + _sse("message_stop", {"type": "message_stop"})
@@ -1345,6 +1474,65 @@ class FakeUpstream:
         self.stats.completed_streams += 1
         return response
 
+    async def _vendor_special(self, request: web.Request, protocol: Protocol, script: Script,
+                              answer: Answer, body: dict[str, Any],
+                              stream: bool) -> web.StreamResponse:
+        """A request kept in the vendor's queue (`queue_for` seconds of keep-alive comments,
+        or blank lines for a non-stream request), and/or an error inside an HTTP 200."""
+        vendor = self.vendor
+        assert vendor is not None
+        response = web.StreamResponse(headers={
+            **_SSE_HEADERS,
+            "Content-Type": "text/event-stream" if stream else "application/json"})
+        await response.prepare(request)
+        self.stats.answered(200)
+        deadline = time.monotonic() + script.queue_for
+        # DeepSeek: "Non-streaming requests: Continuously return empty lines"; streams get
+        # the vendor's SSE comment (api-docs.deepseek.com/quick_start/rate_limit).
+        beat = (vendor.keepalive or b": keep-alive\n\n") if stream else b"\n"
+        while time.monotonic() < deadline:
+            await response.write(beat)
+            if not await _pause(request, min(0.2, max(0.0, deadline - time.monotonic()))):
+                raise _ClientGone
+        rid = os.urandom(12).hex()
+        model = str(body.get("model") or FAKE_MODELS[0])
+        if script.error_in_200:
+            payload = openrouter_error_in_200("fake upstream: Provider returned error")
+            if stream:
+                chunk = {"id": f"gen-{rid}", "object": "chat.completion.chunk", "model": model,
+                         **payload, "choices": [{"index": 0, "delta": {"content": ""},
+                                                 "finish_reason": "error"}]}
+                await response.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+            else:
+                await response.write(orjson.dumps(payload))
+            await response.write_eof()
+            return response
+        usage = Usage(max(1, len(orjson.dumps(body)) // 4), 0, len(answer.pieces),
+                      answer.reasoning_tokens)
+        if not stream:
+            data = openai_completion(answer, usage, model, rid, True, vendor) \
+                if protocol == "openai" else anthropic_message(answer, usage, model, rid)
+            await response.write(orjson.dumps(data))
+        elif protocol == "openai":
+            rendered = render_openai_stream(answer, vendor)
+            out = rendered.middle + _openai_chunk(rid, model, {}, answer.finish,
+                                                  usage.openai(vendor)) + b"data: [DONE]\n\n"
+            await response.write(out.replace(_RID_MARK_B, rid.encode())
+                                 .replace(_MODEL_MARK_B, orjson.dumps(model)))
+        else:
+            rendered = render_anthropic_stream(answer)
+            delta = {"type": "message_delta", "delta": {
+                "stop_reason": STOP_REASONS.get(answer.finish, "end_turn"),
+                "stop_sequence": None}, "usage": usage.anthropic(usage.completion)}
+            out = _stream_start(protocol, usage, rid, model) + rendered.middle + \
+                rendered.closing + _sse("message_delta", delta) + \
+                _sse("message_stop", {"type": "message_stop"})
+            await response.write(out.replace(_RID_MARK_B, rid.encode())
+                                 .replace(_MODEL_MARK_B, orjson.dumps(model)))
+        await response.write_eof()
+        self.stats.completed_streams += stream
+        return response
+
     def _stall_seconds(self, script: Script) -> float:
         return self.settings.forever if script.stall_for is None else script.stall_for
 
@@ -1372,25 +1560,35 @@ def _stream_start(protocol: Protocol, usage: Usage, rid: str, model: str) -> byt
     return _sse("message_start", {"type": "message_start", "message": message})
 
 
+def _kimi_finish_chunk(rid: str, model: str, finish: str, usage: dict[str, Any]) -> bytes:
+    """Moonshot's finish chunk: usage inside choices[0], none at the top level."""
+    chunk = {"id": f"chatcmpl-{rid}", "object": "chat.completion.chunk",
+             "created": int(time.time()), "model": model,
+             "choices": [{"index": 0, "delta": {}, "finish_reason": finish, "usage": usage}]}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
 def _include_usage(body: Mapping[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
 
 
 def openai_completion(
-    answer: Answer, usage: Usage, model: str, rid: str, with_usage: bool = True
+    answer: Answer, usage: Usage, model: str, rid: str, with_usage: bool = True,
+    vendor: Vendor | None = None,
 ) -> dict[str, Any]:
     """A non-stream chat.completion body."""
     text = "".join(p.text for p in answer.pieces if p.kind == "text")
     reasoning = "".join(p.text for p in answer.pieces if p.kind == "reasoning")
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
-    if reasoning:
-        message["reasoning_content"] = reasoning
+    field_name = "reasoning_content" if vendor is None else vendor.reasoning_field
+    if reasoning and field_name:
+        message[field_name] = reasoning
     calls: dict[int, dict[str, Any]] = {}
     for piece in answer.pieces:
         if piece.kind == "tool":
             calls[piece.call] = {
-                "id": f"call_{rid}_{piece.call}",
+                "id": _tool_id(piece, rid, vendor),
                 "type": "function",
                 "function": {"name": piece.name, "arguments": ""},
             }
@@ -1408,7 +1606,7 @@ def openai_completion(
         ],
     }
     if with_usage:
-        data["usage"] = usage.openai()
+        data["usage"] = usage.openai(vendor)
     return data
 
 
@@ -1437,7 +1635,7 @@ def anthropic_message(answer: Answer, usage: Usage, model: str, rid: str) -> dic
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS[answer.finish],
+        "stop_reason": STOP_REASONS.get(answer.finish, "end_turn"),
         "stop_sequence": None,
         "usage": usage.anthropic(usage.completion),
     }
@@ -1499,6 +1697,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--usage", default="final", choices=USAGE_MODES, help="where OpenAI streams report usage"
     )
     parser.add_argument(
+        "--vendor", default="", choices=("", *VENDORS),
+        help="behave like this vendor: its request rules (400s) and wire shapes"
+        " (gateway/testing/vendors.py)",
+    )
+    parser.add_argument(
         "--script",
         default=None,
         metavar="JSON",
@@ -1526,6 +1729,7 @@ def settings_from_args(args: argparse.Namespace) -> FakeSettings:
         host=getattr(args, "host", "127.0.0.1"),
         port=getattr(args, "port", 8090),
         api_key=getattr(args, "api_key", None) or None,
+        vendor=getattr(args, "vendor", "") or "",
     )
 
 

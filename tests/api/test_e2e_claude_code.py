@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import parse_config
+from gateway.testing.vendors import VENDORS
 from tests.e2e import claude_code_e2e as e2e
 from tests.helpers.gateway import ROOT
 
@@ -73,3 +74,17 @@ def test_claude_code_writes_a_file_through_the_gateway_for_both_protocols() -> N
         real = run_script(timeout=1800)
         assert real.returncode == 0, real.stdout + real.stderr
         assert "PASS openai:" in real.stdout and "PASS anthropic:" in real.stdout
+
+
+def test_agent_task_with_thinking_against_strict_vendors() -> None:
+    """Read, then Write + Bash in parallel, then the answer, thinking on, and a wrong key that
+    fails in under 5 s; dry path for one strict vendor here (tests/api/test_agent_task.py
+    covers every profile in-process), the real CLI for every profile with LLMAPI_E2E=1."""
+    dry = run_script("--dry-run", "--vendor", "deepseek", "--task", "agent", timeout=180)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "PASS deepseek/openai (dry run, SDK)" in dry.stdout
+    assert "PASS deepseek/anthropic (dry run, SDK)" in dry.stdout
+    if REAL_CLI:
+        for vendor in VENDORS:
+            real = run_script("--vendor", vendor, "--task", "agent", timeout=1800)
+            assert real.returncode == 0, real.stdout + real.stderr

@@ -89,3 +89,39 @@ def test_load_config_reads_llmapi_config(tmp_path: Path) -> None:
     file = tmp_path / "c.toml"
     file.write_text('[server]\nport = 9999\n')
     assert load_config(env={"LLMAPI_CONFIG": str(file)}).server.port == 9999
+
+
+# -- provider presets (issue 13) ---------------------------------------------------------
+
+
+def _one_provider(table: dict[str, object]) -> object:
+    from gateway.config import parse_config
+
+    return parse_config({"providers": [table]}, source="t", env={}).providers[0]
+
+
+def test_preset_fills_base_url_protocol_reasoning_and_limits() -> None:
+    provider = _one_provider({"name": "ds", "preset": "deepseek"})
+    assert provider.protocol == "openai"  # type: ignore[attr-defined]
+    assert provider.base_url == "https://api.deepseek.com"  # type: ignore[attr-defined]
+    assert provider.reasoning == "deepseek"  # type: ignore[attr-defined]
+    assert provider.models == {"default": "deepseek-chat"}  # type: ignore[attr-defined]
+    assert provider.max_output_tokens["deepseek-chat"] == 8192  # type: ignore[attr-defined]
+
+
+def test_preset_follows_the_protocol_and_stays_overridable() -> None:
+    provider = _one_provider({"name": "ds", "preset": "deepseek", "protocol": "anthropic",
+                              "models": {"default": "deepseek-v4-pro"},
+                              "max_output_tokens": {"deepseek-chat": 4000}})
+    assert provider.base_url == "https://api.deepseek.com/anthropic"  # type: ignore[attr-defined]
+    assert provider.models == {"default": "deepseek-v4-pro"}  # type: ignore[attr-defined]
+    assert provider.max_output_tokens["deepseek-chat"] == 4000  # type: ignore[attr-defined]
+
+
+def test_unknown_preset_and_missing_endpoint_are_config_errors() -> None:
+    from gateway.config import ConfigError
+
+    with pytest.raises(ConfigError, match="preset"):
+        _one_provider({"name": "x", "preset": "nope"})
+    with pytest.raises(ConfigError, match="no anthropic endpoint"):
+        _one_provider({"name": "x", "preset": "openai", "protocol": "anthropic"})

@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script: make `gateway` and `tests` importable
 
-from gateway.testing.fake_upstream import WRITE_CONTENT  # noqa: E402
+from gateway.testing.fake_upstream import AGENT_BASH, WRITE_CONTENT  # noqa: E402
+from gateway.testing.vendors import VENDORS  # noqa: E402
 from tests.helpers.gateway import free_port, wait_for_port  # noqa: E402
 
 PROTOCOLS = ("openai", "anthropic")
@@ -143,11 +144,15 @@ def install_claude_code(prefix: Path) -> Path:
 # ----------------------------------------------------------------------------- processes
 
 
-def gateway_config(protocol: str, fake_port: int, gateway_port: int, db_path: Path) -> str:
-    """The gateway's TOML: one provider, `protocol`, pointing at the fake upstream."""
+def gateway_config(protocol: str, fake_port: int, gateway_port: int, db_path: Path,
+                   vendor: str = "") -> str:
+    """The gateway's TOML: one provider, `protocol`, pointing at the fake upstream (with the
+    vendor's `preset` when the fake plays a vendor)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
     base = f"http://127.0.0.1:{fake_port}" + ("/v1" if protocol == "openai" else "")
+    preset = [f'preset = "{vendor}"'] if vendor and vendor != "llamacpp" else []
+    limits = ["[providers.max_output_tokens]", "default = 16384"] if vendor == "vllm" else []
     return "\n".join([
         "[server]",
         'host = "127.0.0.1"',
@@ -159,10 +164,12 @@ def gateway_config(protocol: str, fake_port: int, gateway_port: int, db_path: Pa
         "",
         "[[providers]]",
         'name = "fake"',
+        *preset,
         f'protocol = "{protocol}"',
         f'base_url = "{base}"',
         "[providers.models]",
         'default = "fake-model"',
+        *limits,
         "",
     ])
 
@@ -248,16 +255,24 @@ class Outcome:
     client_label: str
 
 
+def agent_prompt(task: Path) -> str:
+    return (f"Read the file {task}. Then, in one reply, write a copy of it to {task}.out with "
+            f"the Write tool and run `{AGENT_BASH}` with the Bash tool. Then say Done.")
+
+
 def run_claude_code(binary: Path, base_url: str, key: str, home: Path, target: Path,
-                    timeout: int) -> Outcome:
-    """Claude Code in print mode, exactly as CLAUDE_CODE.md runs it: env -i, fresh HOME."""
+                    timeout: int, task: Path | None = None) -> Outcome:
+    """Claude Code in print mode, exactly as CLAUDE_CODE.md runs it: env -i, fresh HOME.
+    With `task`, the multi-step agent task (Read, then Write + Bash, then the answer)."""
     home.mkdir(parents=True, exist_ok=True)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home),
            "ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": key,
            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+    prompt = f"Create the file {target} using the Write tool." if task is None \
+        else agent_prompt(task)
+    tools = "Write" if task is None else "Read Write Bash"
     argv = ["timeout", "--kill-after=10", str(timeout), str(binary),
-            "-p", f"Create the file {target} using the Write tool.",
-            "--allowedTools", "Write", "--permission-mode", "acceptEdits"]
+            "-p", prompt, "--allowedTools", tools, "--permission-mode", "acceptEdits"]
     shown = " ".join(f"{k}={shlex.quote('sk-llmapi-…' if k == 'ANTHROPIC_API_KEY' else v)}"
                      for k, v in env.items())
     print(f"  $ env -i {shown} {shlex.join(argv)} < /dev/null", flush=True)
@@ -370,6 +385,98 @@ def run_sdk_turns(base_url: str, key: str, target: Path) -> Outcome:
     return Outcome(target, 0, text + "\n", "", time.monotonic() - started, "sdk")
 
 
+AGENT_TOOLS = [
+    {"name": "Read", "description": "Read a file", "input_schema": {
+        "type": "object", "properties": {"file_path": {"type": "string"}},
+        "required": ["file_path"]}},
+    {"name": "Write", "description": "Write a file", "input_schema": {
+        "type": "object", "properties": {"file_path": {"type": "string"},
+                                         "content": {"type": "string"}},
+        "required": ["file_path", "content"]}},
+    {"name": "Bash", "description": "Run a shell command", "input_schema": {
+        "type": "object", "properties": {"command": {"type": "string"},
+                                         "description": {"type": "string"}},
+        "required": ["command"]}},
+]
+
+
+def run_sdk_agent(base_url: str, key: str, task: Path, target: Path) -> Outcome:
+    """Play Claude Code's agent task with the SDK, thinking on: run each turn's tools (Read,
+    then Write and Bash in parallel) for real and send the results, until an answer."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0, timeout=60)
+    body = claude_code_shaped_request(target)
+    body["tools"] = AGENT_TOOLS
+    body["thinking"] = {"type": "enabled", "budget_tokens": 4096}
+    body["messages"][0]["content"][-1]["text"] = agent_prompt(task)
+    headers = {"X-Claude-Code-Session-Id": "00000000-e2e"}
+    started = time.monotonic()
+    steps: list[list[str]] = []
+    for turn in range(1, 5):
+        try:
+            with client.beta.messages.stream(**body, betas=CLAUDE_CODE_BETAS,
+                                             extra_headers=headers) as stream:
+                answer = stream.get_final_message()
+        except anthropic.APIError as exc:
+            raise E2EError(f"turn {turn} failed: {exc!r}") from exc
+        uses = [b for b in answer.content if b.type == "tool_use"]
+        steps.append([u.name for u in uses])
+        if not uses:
+            break
+        results = []
+        for use in uses:
+            arguments = use.input if isinstance(use.input, dict) else {}
+            if use.name == "Read":
+                output = Path(str(arguments.get("file_path"))).read_text()
+            elif use.name == "Write":
+                Path(str(arguments.get("file_path"))).write_text(str(arguments.get("content")))
+                output = f"File created successfully at: {arguments.get('file_path')}"
+            else:
+                done = subprocess.run(["bash", "-c", str(arguments.get("command"))],
+                                      capture_output=True, text=True, timeout=30)
+                output = done.stdout + done.stderr
+            results.append({"type": "tool_result", "tool_use_id": use.id, "content": output})
+        body["messages"] += [
+            {"role": "assistant", "content": [b.model_dump(exclude_none=True)
+                                              for b in answer.content]},
+            {"role": "user", "content": results}]
+    if steps[:2] != [["Read"], ["Write", "Bash"]]:
+        raise E2EError(f"expected Read, then Write + Bash; got {steps}")
+    text = "".join(b.text for b in answer.content if b.type == "text")
+    return Outcome(target, 0, text + "\n", "", time.monotonic() - started, "sdk")
+
+
+def wrong_key_problems(base_url: str, claude: Path | None, home: Path) -> list[str]:
+    """A wrong key must fail in under 5 s with the gateway's own message."""
+    started = time.monotonic()
+    if claude is None:
+        import anthropic
+
+        client = anthropic.Anthropic(base_url=base_url, api_key="sk-llmapi-wrong")
+        try:  # the SDK's default retries: x-should-retry: false must stop them
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=16,
+                                   messages=[{"role": "user", "content": "hi"}])
+            output = "no error"
+        except anthropic.APIStatusError as exc:
+            output = str(exc)
+    else:
+        home.mkdir(parents=True, exist_ok=True)
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "ANTHROPIC_BASE_URL": base_url,
+               "ANTHROPIC_API_KEY": "sk-llmapi-wrong",
+               "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1"}
+        done = subprocess.run(["timeout", "60", str(claude), "-p", "hi"], env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        output = done.stdout + done.stderr
+    elapsed = time.monotonic() - started
+    problems = []
+    if elapsed >= 5:
+        problems.append(f"a wrong key took {elapsed:.1f} s to fail")
+    if "invalid API key" not in output:
+        problems.append(f"a wrong key did not show the gateway's message: {output[-300:]!r}")
+    return problems
+
+
 def has_tool_result(body: Any) -> bool:
     """Whether an upstream request body (either protocol) carries a tool result."""
     messages = body.get("messages") if isinstance(body, dict) else None
@@ -462,14 +569,14 @@ def describe(protocol: str, outcome: Outcome, stats: dict[str, Any], db_path: Pa
 
 
 def run_protocol(protocol: str, procs: Processes, fake_port: int, claude: Path | None,
-                 timeout: int) -> tuple[bool, str]:
+                 timeout: int, vendor: str = "", task: str = "write") -> tuple[bool, str]:
     """Gateway + user + key for one protocol, then the CLI (or the SDK), then the checks."""
     workdir = procs.workdir / protocol
     (workdir / "project").mkdir(parents=True)
     db_path = workdir / "llmapi.db"
     port = free_port()
     config = workdir / "llmapi.toml"
-    config.write_text(gateway_config(protocol, fake_port, port, db_path))
+    config.write_text(gateway_config(protocol, fake_port, port, db_path, vendor))
     fake = f"http://127.0.0.1:{fake_port}"
     http_json(fake + "/_fake/reset", "POST")
     gateway = procs.start(f"gateway-{protocol}", "serve", "--config", str(config))
@@ -482,12 +589,23 @@ def run_protocol(protocol: str, procs: Processes, fake_port: int, claude: Path |
     key = run_gateway_cli(config, "keys", "add", USER_EMAIL, "--name", "e2e").strip()
     target = workdir / "project" / "hello.txt"
     base_url = f"http://127.0.0.1:{port}"
-    if claude is None:
+    task_file = workdir / "project" / "notes.txt"
+    if task == "agent":
+        task_file.write_text("the task file\n")
+        target = workdir / "project" / "notes.txt.out"
+        if claude is None:
+            outcome = run_sdk_agent(base_url, key, task_file, target)
+        else:
+            outcome = run_claude_code(claude, base_url, key, workdir / "home", target,
+                                      timeout, task=task_file)
+    elif claude is None:
         outcome = run_sdk_turns(base_url, key, target)
     else:
         outcome = run_claude_code(claude, base_url, key, workdir / "home", target, timeout)
     stats = http_json(fake + "/_fake/stats")
     problems = check(protocol, outcome, stats, db_path)
+    if task == "agent":
+        problems += wrong_key_problems(base_url, claude, workdir / "home-wrong-key")
     detail = describe(protocol, outcome, stats, db_path)
     procs.stop(gateway)
     problems += logged_errors(procs.log_path(f"gateway-{protocol}"))
@@ -517,6 +635,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="use this claude binary instead of the npm-installed one")
     parser.add_argument("--timeout", type=int, default=120,
                         help="seconds the CLI may run per protocol (default 120)")
+    parser.add_argument("--vendor", choices=["", *VENDORS], default="",
+                        help="the fake plays this vendor (strict rules, its wire shapes) and "
+                        "the gateway uses its preset; default: the polite fake")
+    parser.add_argument("--task", choices=["write", "agent"], default="write",
+                        help="write: one Write; agent: thinking on, Read, then Write + Bash "
+                        "in parallel, then the answer, plus a wrong-key check")
     return parser.parse_args(argv)
 
 
@@ -536,6 +660,8 @@ def sigterm_as_exit() -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     protocols = list(PROTOCOLS) if args.protocol == "both" else [args.protocol]
+    if args.vendor:
+        protocols = [p for p in protocols if p in VENDORS[args.vendor].protocols]
     claude: Path | None = None
     if not args.dry_run:
         try:
@@ -550,8 +676,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with sigterm_as_exit():
         try:
             fake_port = free_port()
+            scenario = "agent_steps" if args.task == "agent" else "write_file"
+            vendor_args = ["--vendor", args.vendor] if args.vendor else []
             fake = procs.start("fake-upstream", "fake-upstream", "--port", str(fake_port),
-                               "--scenario", "write_file")
+                               "--scenario", scenario, *vendor_args)
             try:
                 wait_for_port(fake_port, fake)
             except (RuntimeError, TimeoutError) as exc:
@@ -561,12 +689,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for protocol in protocols:
                 try:
                     passed, detail = run_protocol(protocol, procs, fake_port, claude,
-                                                  args.timeout)
+                                                  args.timeout, args.vendor, args.task)
                 except E2EError as exc:
                     passed, detail = False, str(exc)
                 results[protocol] = passed
                 mode = " (dry run, SDK)" if claude is None else ""
-                print(f"{'PASS' if passed else 'FAIL'} {protocol}{mode}: {detail}", flush=True)
+                label = f"{args.vendor}/{protocol}" if args.vendor else protocol
+                print(f"{'PASS' if passed else 'FAIL'} {label}{mode}: {detail}", flush=True)
         finally:
             procs.stop_all()
             if args.keep:

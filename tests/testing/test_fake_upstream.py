@@ -1007,3 +1007,25 @@ def test_build_app_default_settings() -> None:
     app = build_app()
     assert isinstance(app, web.Application)
     assert app[FAKE_UPSTREAM].settings == FakeSettings()
+
+
+def test_vendor_flag_selects_a_strict_profile() -> None:
+    import argparse
+
+    from gateway.testing.fake_upstream import (
+        ScriptError,
+        add_arguments,
+        build_app,
+        settings_from_args,
+    )
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    settings = settings_from_args(parser.parse_args(["--vendor", "kimi"]))
+    assert settings.vendor == "kimi"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--vendor", "nobody"])
+    from gateway.testing.fake_upstream import FakeSettings
+
+    with pytest.raises(ScriptError):
+        build_app(FakeSettings(vendor="nobody"))
