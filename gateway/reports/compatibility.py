@@ -14,6 +14,19 @@ from pathlib import Path
 MATRIX_FILE = Path(__file__).resolve().parents[2] / "docs" / "compatibility.md"
 
 
+def N_(message: str) -> str:
+    """Mark a string for the message catalogue; the template translates it where shown."""
+    return message
+
+
+# The generated table's headings and cell words, so the catalogue carries them (the /docs
+# page shows them translated; the test of untranslated text reads the page in Chinese).
+WORDS = (N_("vendor"), N_("protocol"), N_("text"), N_("streaming"), N_("parallel tools"),
+         N_("thinking round trip"), N_("images"), N_("documents"), N_("count_tokens"),
+         N_("usage exact"), N_("cache tokens"), N_("errors surfaced"), N_("yes"), N_("no"),
+         N_("n/a"))
+
+
 @dataclass(frozen=True, slots=True)
 class Matrix:
     columns: tuple[str, ...]
