@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.accounting.admission import MAX_TOKENS_PER_FIELD, clamp_tokens
-from tests.conftest import free_port, provider_table, wait_for_port
+from tests.conftest import fake_stats, free_port, provider_table, wait_for_port
 
 OPEN_PLAN = {"name": "open", "monthly_tokens": 0, "rpm": 0, "rpd": 0, "max_keys": 5,
              "max_input_tokens": 0, "concurrency": 0}
@@ -42,7 +42,8 @@ async def test_client_hanging_up_before_the_first_byte_leaves_a_row(
         gateway_factory: Any, fake_factory: Any) -> None:
     base, _ = await fake_factory(first_byte_delay=1.0)
     gw = await gateway_factory({"providers": [provider_table("f", "anthropic", base)],
-                                "plans": [OPEN_PLAN], "server": {"access_log": False}})
+                                "plans": [OPEN_PLAN], "server": {"access_log": False},
+                                "routing": {"health_interval": 0}})  # only our calls count
     key = await gw.new_key("h@example.com", plan="open")
 
     async def hang_up(i: int) -> None:
@@ -59,11 +60,13 @@ async def test_client_hanging_up_before_the_first_byte_leaves_a_row(
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         await gw.state.recorder.flush()
-        if len(rows(gw.state.db.path)) >= 100:
+        if len(rows(gw.state.db.path)) >= (await fake_stats(base))["total_requests"]:
             break
         await asyncio.sleep(0.05)
     found = rows(gw.state.db.path)
-    assert len(found) == 100, f"{len(found)} rows for 100 upstream calls"
+    reached = (await fake_stats(base))["total_requests"]  # on a busy machine some
+    assert reached > 0  # clients give up before the gateway sends them upstream: no row owed
+    assert len(found) == reached, f"{len(found)} rows for {reached} upstream calls"
     assert {r[0] for r in found} == {"client_disconnect"}
     assert all(r[1] == 1 and r[2] > 0 and r[4] == 1 for r in found)  # estimate, marked
 
