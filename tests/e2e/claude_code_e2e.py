@@ -6,7 +6,8 @@ For each protocol it starts ``python -m gateway serve`` with one provider pointi
 ``python -m gateway fake-upstream --scenario write_file`` (one fake for the whole run), a
 temporary SQLite database, a ``team`` user and a key made with the operator CLI. Then it runs
 Claude Code in print mode with a fresh HOME and an empty environment (the README section
-"End-to-end with the real Claude Code CLI" says how), asking it to create a file with its Write tool. The
+"End-to-end with the real Claude Code CLI" says how), asking it to create a file with its
+Write tool. The
 fake answers the first turn with one ``Write`` call and the turn after the tool result with
 "Done.". A protocol passes when the CLI exits 0, the file holds the fake's content, the fake saw
 the tool-call turn and the tool-result turn on the protocol's endpoint, and the gateway's
