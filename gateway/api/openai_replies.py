@@ -32,7 +32,7 @@ from gateway.protocol.openai_response import usage_from_openai
 from gateway.protocol.responses_to_chat import ResponsesContext
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Reply, UpstreamError
-from gateway.providers.http import UpstreamResponse, UpstreamStream
+from gateway.providers.http import BufferedReply, UpstreamResponse, UpstreamStream
 
 EOF_BEFORE_FINISH = "the upstream stream ended before a finish_reason"
 DONE = b"data: [DONE]\n\n"
@@ -178,29 +178,13 @@ class ChatUpstreamStream(UpstreamStream):
         return self._sink.fail(error_type, message)
 
 
-class Buffered:
-    """A complete non-stream answer, already in the client's format."""
-
-    stream = False
+class Buffered(BufferedReply):
+    """A complete non-stream answer, already in the client's format; closing it closes the
+    upstream reply it was made from, if any."""
 
     def __init__(self, body: bytes, usage: Usage, inner: Reply | None = None) -> None:
-        self.body = body
-        self._usage = usage
+        super().__init__(body, usage)
         self._inner = inner
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        yield self.body
-
-    @property
-    def usage(self) -> Usage:
-        return self._usage
-
-    @property
-    def failed(self) -> tuple[str, str] | None:
-        return None
-
-    def abort(self, error_type: str, message: str) -> bytes:
-        return b""
 
     async def close(self) -> None:
         if self._inner is not None:
