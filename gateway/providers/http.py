@@ -9,7 +9,6 @@ it replaced, kept as a switch while the lean one proves itself. Both sit behind
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Protocol
@@ -194,30 +193,42 @@ async def first_output(stream: AsyncGenerator[bytes, None], config: ProviderConf
     (https://api-docs.deepseek.com/quick_start/rate_limit). So the wait fails only when the
     upstream is silent for `first_byte_timeout`, or when it has kept the request queued for
     `queue_timeout` in all. `last_read[0]` is the monotonic time of the latest upstream read.
+
+    One timer does it, in the caller's task: it fires at the earlier of the two deadlines
+    as they stand; if reads have moved the silence deadline on since it was set, it re-arms
+    itself for the new one, otherwise it ends the wait through `asyncio.timeout`. No task
+    and no polling per stream: an answer that starts at once never sees the timer fire.
     """
-    started = time.monotonic()
-    step = min(1.0, config.first_byte_timeout)
-    pending = asyncio.ensure_future(_next_output(stream))
+    loop = asyncio.get_running_loop()
+    queue_deadline = time.monotonic() + config.queue_timeout
+    queued: list[bool] = []  # set when the timer ends the wait: [True] for queue_timeout
+    handle: list[asyncio.TimerHandle] = []
     try:
-        while True:
-            done, _ = await asyncio.wait({pending}, timeout=step)
-            if done:
-                return pending.result()
-            now = time.monotonic()
-            if now - last_read[0] >= config.first_byte_timeout:
-                raise transport_error(config.name, TimeoutError())
-            if now - started >= config.queue_timeout:
-                raise UpstreamError(
-                    config.name, "queued", f"upstream provider {config.name} kept the request "
-                    f"queued for {config.queue_timeout:g} s without starting the answer",
-                    client_status=504, error_type="timeout_error", retryable=True)
+        async with asyncio.timeout(None) as limit:
+            def arm() -> None:
+                now = time.monotonic()
+                silence_deadline = last_read[0] + config.first_byte_timeout
+                if now >= silence_deadline or now >= queue_deadline:
+                    queued.append(now < silence_deadline)
+                    limit.reschedule(loop.time())  # cancels the read, raises TimeoutError
+                else:
+                    handle[:] = [loop.call_later(min(silence_deadline, queue_deadline) - now,
+                                                 arm)]
+
+            arm()
+            return await _next_output(stream)
+    except TimeoutError:
+        if queued and queued[0]:
+            raise UpstreamError(
+                config.name, "queued", f"upstream provider {config.name} kept the request "
+                f"queued for {config.queue_timeout:g} s without starting the answer",
+                client_status=504, error_type="timeout_error", retryable=True) from None
+        raise transport_error(config.name, TimeoutError()) from None
     except TRANSPORT_ERRORS as exc:
         raise transport_error(config.name, exc) from None
     finally:
-        if not pending.done():
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pending
+        if handle:
+            handle[0].cancel()
 
 
 async def _next_output(stream: AsyncGenerator[bytes, None]) -> bytes:
