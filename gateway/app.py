@@ -28,6 +28,7 @@ from gateway.api.middleware import errors_middleware
 from gateway.billing.payments import PAYMENTS, Payments
 from gateway.config import CONFIG, Config, ProviderConfig
 from gateway.events import USER_EVENTS, UserChanged, UserEvents
+from gateway.lifecycle import LIFECYCLE, Lifecycle
 from gateway.metrics import METRICS, Gauge, Metrics
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.base import PROVIDERS, Provider
@@ -51,6 +52,7 @@ def build_app(config: Config) -> web.Application:
                           client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = Metrics()
+    app[LIFECYCLE] = Lifecycle()  # serving or draining: /health/ready
     app.cleanup_ctx.extend([
         database,          # SQLite file, migrated; plans synced from the config
         user_events,       # "this user changed" bus: publishers never call subscribers

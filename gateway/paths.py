@@ -13,16 +13,17 @@ CHAT_COMPLETIONS = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
 OPENAI_PATHS = frozenset({CHAT_COMPLETIONS, RESPONSES})  # OpenAI-shaped errors
 HEALTH = "/health"
+HEALTH_READY = "/health/ready"  # readiness for a balancer: 503 while draining
 METRICS = "/metrics"
 REMOTE_WS = "/remote-ws"
 GOOGLE_CALLBACK = "/login/google/callback"
 
 # The hot path: no session cookie is read or written and no CSRF check runs there.
 HOT_PREFIXES = ("/v1/",)
-HOT_PATHS = (HEALTH, METRICS)
+HOT_PATHS = (HEALTH, HEALTH_READY, METRICS)
 # Errors on these paths are JSON; everything else gets the site's HTML error page.
 API_PREFIXES = ("/v1/", "/api/")
-API_PATHS = (HEALTH, METRICS, REMOTE_WS)
+API_PATHS = (HEALTH, HEALTH_READY, METRICS, REMOTE_WS)
 
 
 def is_hot_path(path: str) -> bool:

@@ -15,6 +15,7 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
 from gateway.app import build_app
+from tests.helpers.cluster import Cluster
 from tests.helpers.gateway import (  # noqa: F401  (re-exported for older test modules)
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -148,3 +149,12 @@ def redis_server() -> Iterator[Any]:
     server = RedisServer().start()
     yield server
     server.destroy()
+
+
+@pytest.fixture
+async def cluster_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """`await cluster_factory(instances=3, redis=False, config={...})` -> a started
+    `Cluster` (tests/helpers/cluster.py): N gateway processes on one PostgreSQL behind
+    HAProxy; all torn down at the end of the test."""
+    async with Cluster.fixture(tmp_path) as start:
+        yield start

@@ -14,6 +14,7 @@ from gateway.api.openai_ingress import handle_chat_completions, handle_responses
 from gateway.config import CONFIG
 from gateway.errors import ApiError
 from gateway.ids import REQUEST_ID
+from gateway.lifecycle import LIFECYCLE
 from gateway.metrics import METRICS
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.providers.base import PROVIDERS, Call
@@ -31,6 +32,7 @@ def add_api_routes(app: web.Application) -> None:
     r.add_get(paths.MODELS, handle_models)
     r.add_get(paths.MODELS + "/{model_id}", handle_model)
     r.add_get(paths.HEALTH, handle_health)
+    r.add_get(paths.HEALTH_READY, handle_ready)
     r.add_get(paths.METRICS, handle_metrics)
     r.add_get(paths.REMOTE_WS, handle_remote_ws)
 
@@ -96,6 +98,18 @@ async def handle_models(request: web.Request) -> web.Response:
 async def handle_health(request: web.Request) -> web.Response:
     snapshot = health_snapshot(request.app)
     return web.json_response(snapshot, status=200 if snapshot["status"] == "ok" else 503)
+
+
+async def handle_ready(request: web.Request) -> web.Response:
+    """Readiness for a balancer: 200 while this instance takes new requests, 503 from
+    SIGTERM on (draining). It asks nothing of the database or the providers on purpose: an
+    outage there is the same for every instance, and taking them all out of the balancer
+    would turn a degraded service into none (usage rows queue meanwhile)."""
+    lifecycle = request.app[LIFECYCLE]
+    if lifecycle.draining:
+        return web.json_response({"status": "draining"}, status=503,
+                                 headers={"Cache-Control": "no-store"})
+    return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
 
 
 async def handle_metrics(request: web.Request) -> web.Response:

@@ -192,56 +192,89 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-HAPROXY_TEMPLATE = """\
-global
-    maxconn 4096
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 120s
-    timeout server 120s
-    timeout tunnel 1h
-    option http-buffer-request
-    retries 2
-    option redispatch
-frontend fe
-    bind 127.0.0.1:{port}
-    default_backend gateways
-backend gateways
-    balance roundrobin
-    option httpchk GET /ready
-    http-check expect status 200
-    default-server inter 300ms fall 2 rise 2
-{servers}
-"""
+DEPLOY_HAPROXY = Path(__file__).resolve().parent.parent.parent / "deploy" / "haproxy.cfg"
+
+
+def render_haproxy(text: str, port: int, backends: list[int], socket_path: Path) -> str:
+    """deploy/haproxy.cfg with loopback addresses: every `bind` becomes 127.0.0.1:port,
+    every backend's `server gwN ...` lines become one line per port given (same names,
+    gw1...), the stats socket moves to `socket_path`. Nothing else changes, so the tests
+    run the deployed configuration."""
+    out: list[str] = []
+    for line in text.splitlines():
+        stripped = line.strip()
+        indent = line[: len(line) - len(line.lstrip())]
+        if stripped.startswith("bind "):
+            out.append(f"{indent}bind 127.0.0.1:{port}")
+        elif stripped.startswith("stats socket "):
+            out.append(f"{indent}stats socket {socket_path} mode 600 level admin")
+        elif stripped.startswith("server gw"):
+            if stripped.startswith("server gw1 "):
+                out.extend(f"{indent}server gw{i + 1} 127.0.0.1:{p}"
+                           for i, p in enumerate(backends))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
 
 
 class Haproxy:
-    """A real HAProxy in front of the given ports, health-checking `/ready`."""
+    """A real HAProxy running deploy/haproxy.cfg in front of the given loopback ports
+    (health checks on `/health/ready`, SSE unbuffered, remote control hashed by session)."""
 
-    def __init__(self, backends: list[int]) -> None:
+    def __init__(self, backends: list[int], config_text: str | None = None) -> None:
         self.port = free_port()
         self.backends = backends
         self.dir = Path(tempfile.mkdtemp(prefix="llmapi-haproxy-"))
+        self.socket = self.dir / "admin.sock"
+        self.config_text = config_text
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log = self.dir / "out.log"
 
     def start(self) -> Haproxy:
         exe = shutil.which("haproxy")
         if exe is None:
             raise ServiceError("haproxy not found (apt-get install haproxy)")
-        servers = "\n".join(f"    server gw{i} 127.0.0.1:{p} check"
-                            for i, p in enumerate(self.backends))
+        text = self.config_text or DEPLOY_HAPROXY.read_text()
         cfg = self.dir / "haproxy.cfg"
-        cfg.write_text(HAPROXY_TEMPLATE.format(port=self.port, servers=servers))
-        log = self.dir / "out.log"
+        cfg.write_text(render_haproxy(text, self.port, self.backends, self.socket))
         check = subprocess.run([exe, "-c", "-f", str(cfg)], capture_output=True, text=True)
         if check.returncode != 0:
             raise ServiceError(f"haproxy config invalid: {check.stdout} {check.stderr}")
-        with log.open("wb") as out:
+        with self.log.open("wb") as out:
             self.proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=out,
                                          stderr=subprocess.STDOUT)
-        wait_port(self.port, 20, "haproxy", self.proc, log)
+        wait_port(self.port, 20, "haproxy", self.proc, self.log)
         return self
+
+    def command(self, line: str) -> str:
+        """One command on the admin socket (`show stat`, `disable server ...`)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(str(self.socket))
+            s.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def server_rows(self, backend: str = "gateways") -> dict[str, dict[str, str]]:
+        """`show stat` of one backend: server name -> its CSV fields (status, stot for
+        sessions served, scur for current ones, ...)."""
+        lines = self.command("show stat").splitlines()
+        if not lines or not lines[0].startswith("# "):
+            raise ServiceError(f"haproxy stats: unexpected answer {lines[:2]}")
+        header = lines[0][2:].split(",")
+        rows: dict[str, dict[str, str]] = {}
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("pxname") == backend and row.get("svname") not in (
+                    "FRONTEND", "BACKEND", None):
+                rows[row["svname"]] = row
+        return rows
+
+    def server_states(self, backend: str = "gateways") -> dict[str, str]:
+        """Server name -> HAProxy's status (UP, DOWN, UP 1/2, MAINT, ...) in `backend`."""
+        return {name: row["status"] for name, row in self.server_rows(backend).items()}
 
     def destroy(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
