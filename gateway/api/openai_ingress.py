@@ -37,6 +37,7 @@ from gateway.errors import ApiError
 from gateway.ids import REQUEST_ID, new_id
 from gateway.protocol.anthropic_to_chat import AnthropicToChat
 from gateway.protocol.chat_to_anthropic import (
+    DEFAULT_MAX_TOKENS,
     ConversionError,
     chat_to_anthropic,
     validate_chat_request,
@@ -52,6 +53,12 @@ from gateway.providers.http import read_body
 from gateway.providers.openai import OpenAIProvider
 
 DROPPED_TOOLS_HEADER = "x-llmapi-dropped-tools"
+# The Chat fields that limit the answer's length (max_tokens is the older name).
+OUTPUT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 class ParamError(ApiError):
@@ -85,6 +92,9 @@ class Plan:
         self.completion_id = "chatcmpl-" + new_id("msg").removeprefix("msg_")
         self.anthropic: dict[str, Any] | None = None
         self.conversion_error: ConversionError | None = None
+        # what the quota reservation holds (Admission.max_tokens); None: accounting off
+        self.reserved_output: int | None = None
+        self.quota_limited = False  # the plan has a monthly token quota
         try:
             self.anthropic = chat_to_anthropic(chat)
         except ConversionError as exc:
@@ -106,18 +116,30 @@ class Plan:
 
     def upstream_chat(self, provider: OpenAIProvider, upstream_model: str) -> bytes:
         """The Chat body for an openai-protocol upstream: model mapped, usage asked for,
-        the output limit clamped to the provider's, gateway-internal fields removed."""
+        gateway-internal fields removed and the output limit lowered to the provider's
+        `max_output_tokens` and to what the quota reservation holds (as /v1/messages
+        does), so the upstream cannot generate past the plan's tokens."""
         body = for_openai_upstream(self.chat) if self.responses is not None else dict(self.chat)
         body["model"] = upstream_model
         body.pop("n", None)  # only n = 1 gets this far
         if self.stream:
             body["stream_options"] = {**(body.get("stream_options") or {}),
                                       "include_usage": True}
-        limit = provider.options_for(upstream_model).max_output_tokens
-        if limit:
-            for name in ("max_tokens", "max_completion_tokens"):
-                if isinstance(body.get(name), int) and body[name] > limit:
-                    body[name] = limit
+        options = provider.options_for(upstream_model)
+        caps = [c for c in (options.max_output_tokens, self.reserved_output) if c]
+        if caps:
+            cap = min(caps)
+            named = [n for n in OUTPUT_LIMIT_FIELDS if _positive_int(body.get(n))]
+            for name in named:
+                if body[name] > cap:
+                    body[name] = cap
+            if not named and self.reserved_output and self.quota_limited:
+                # no limit asked for: the upstream's default may exceed the reservation,
+                # so send it (the field OpenAI's reasoning models require there, else the
+                # one every compatible vendor takes; as gateway/protocol/openai_request.py)
+                name = "max_completion_tokens" if options.reasoning == "openai" \
+                    else "max_tokens"
+                body[name] = cap
         return orjson.dumps(body)
 
     async def send(self, provider: Provider, call: Call) -> Reply:
@@ -154,18 +176,18 @@ class Plan:
         return FromAnthropicStream(reply, conv, self.sink())
 
 
-# What a Chat/Responses request without an output limit reserves against a token quota.
-DEFAULT_RESERVED_OUTPUT = 4096
+# What a Chat/Responses request without an output limit reserves against a token quota
+# (the Anthropic conversion's own default, so both upstream protocols reserve alike).
+DEFAULT_RESERVED_OUTPUT = DEFAULT_MAX_TOKENS
 
 
 def _asked_max_tokens(plan: Plan) -> int:
-    """The client's output limit, for the quota reservation (gateway/accounting/counters)."""
+    """The client's output limit, for the quota reservation (gateway/accounting/counters).
+    The smaller of the two Chat fields when both are set: the upstream stops at either."""
     source = plan.anthropic if plan.anthropic is not None else plan.chat
-    for name in ("max_tokens", "max_completion_tokens", "max_output_tokens"):
-        value = source.get(name) if isinstance(source, dict) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return DEFAULT_RESERVED_OUTPUT
+    asked = [source[n] for n in ("max_tokens", "max_completion_tokens")
+             if _positive_int(source.get(n))]
+    return min(asked) if asked else DEFAULT_RESERVED_OUTPUT
 
 
 async def _relay(request: web.Request, key: KeyInfo, plan: Plan, ingress: str,
@@ -176,6 +198,8 @@ async def _relay(request: web.Request, key: KeyInfo, plan: Plan, ingress: str,
         key, request_id=request[REQUEST_ID], client_model=plan.client_model,
         stream=plan.stream, input_estimate=estimate,
         max_tokens=_asked_max_tokens(plan), ingress=ingress)
+    plan.reserved_output = admission.max_tokens
+    plan.quota_limited = bool(request.app[ACCOUNTANT].plan_of(key).monthly_tokens)
     call = Call(body=body, client_model=plan.client_model, upstream_model="",
                 stream=plan.stream, request_id=request[REQUEST_ID], message_id=new_id("msg"),
                 input_estimate=estimate)
