@@ -101,6 +101,7 @@ class SiteUser:
     name: str
     is_admin: bool
     has_password: bool
+    language: str | None = None  # the site language last used (users.language)
 
     @property
     def display_name(self) -> str:
@@ -114,7 +115,8 @@ def password_stamp(password_hash: str) -> str:
 
 def site_user(row: Any) -> SiteUser:
     return SiteUser(id=row["id"], email=row["email"], name=row["name"],
-                    is_admin=bool(row["is_admin"]), has_password=bool(row["password_hash"]))
+                    is_admin=bool(row["is_admin"]), has_password=bool(row["password_hash"]),
+                    language=row.get("language"))
 
 
 _USER = web.RequestKey("site_user", SiteUser)

@@ -9,6 +9,8 @@ style and image comes from this server; nothing loads from elsewhere).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import warnings
@@ -29,6 +31,7 @@ from cryptography.fernet import Fernet
 
 from gateway.accounts.google import GoogleVerifier
 from gateway.accounts.mail import Mailer
+from gateway.accounts.quota_notices import QuotaNotices
 from gateway.accounts.throttle import LoginThrottle
 from gateway.config import CONFIG, Config
 from gateway.errors import ERROR_PAGE, ApiError
@@ -68,6 +71,7 @@ class SiteServices:
     google: GoogleVerifier | None
     tickets: Fernet              # short-lived sign-in tickets (Google flow)
     posts: list[Post]
+    quota: QuotaNotices          # the 80 % / 100 % quota e-mails (its own background task)
 
 
 SITE = web.AppKey("site", SiteServices)
@@ -154,16 +158,22 @@ def setup_site(app: web.Application, config: Config) -> None:
         db = app[DATABASE]
         timeout = aiohttp.ClientTimeout(total=10, connect=5)
         http = aiohttp.ClientSession(timeout=timeout) if config.google.enabled else None
+        mailer = Mailer(config.mail, db, TEMPLATES_DIR, i18n.jinja_gettext,
+                        i18n.jinja_ngettext)
+        quota = QuotaNotices(db, mailer, config.public_url, default_language, i18n.using)
         app[SITE] = SiteServices(
-            mailer=Mailer(config.mail, db, TEMPLATES_DIR, i18n.jinja_gettext,
-                          i18n.jinja_ngettext),
+            mailer=mailer,
             throttle=LoginThrottle.from_config(db, config.web),
             google=GoogleVerifier(config.google, http) if http is not None else None,
             tickets=fernet_for(secret, "sign-in ticket"),
-            posts=posts)
+            posts=posts, quota=quota)
+        watcher = asyncio.create_task(quota.run(), name="quota-notices")
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             if http is not None:
                 await http.close()
 
@@ -207,6 +217,11 @@ async def page_context(request: web.Request) -> dict[str, Any]:
         csrf = token if isinstance(token, str) else ""
     config = request.app[CONFIG]
     language = i18n.current_language()
+    if user is not None and user.language != language:
+        # Mail sent outside a request (quota warnings) uses the language last read here;
+        # written only when it changed, so a page view costs no write.
+        await request.app[DATABASE].execute("user_set_language",
+                                            {"id": user.id, "language": language})
     return {"user": user, "csrf_token": csrf, "path": request.path,
             "canonical": config.public_url + request.path, "flash": "",
             "lang": language, "languages": switch_links(request),
