@@ -11,7 +11,15 @@ SELECT * FROM users WHERE email = :email;
 SELECT * FROM users WHERE id = :id;
 
 -- name: user_set_status
-UPDATE users SET status = :status, updated_at = :now WHERE email = :email;
+-- Any change of status ends the user's sessions: a suspended user is signed out at once, and
+-- re-activating does not bring back a cookie from before.
+UPDATE users SET status = :status, session_epoch = session_epoch + 1, updated_at = :now
+WHERE email = :email;
+
+-- name: user_end_sessions
+-- Sign-out: every session cookie issued before now stops working (web/sessions.py). The
+-- row's updated_at stays: nothing the key cache holds has changed.
+UPDATE users SET session_epoch = session_epoch + 1 WHERE id = :id;
 
 -- name: subscription_insert
 INSERT INTO subscriptions (user_id, plan, period_start, period_end, created_at, updated_at)

@@ -81,16 +81,31 @@ UPDATE users SET email_verified = 1,
     status = CASE WHEN status = 'pending' THEN 'active' ELSE status END, updated_at = :now
 WHERE id = :id;
 
+-- name: site_user_claim_by_google
+-- Google proved the address belongs to whoever signs in now, not to whoever registered it
+-- first: a pending account loses that registrant's password and name, and its sessions.
+UPDATE users SET email_verified = 1, password_hash = '', name = :name,
+    status = CASE WHEN status = 'pending' THEN 'active' ELSE status END,
+    session_epoch = session_epoch + 1, updated_at = :now
+WHERE id = :id AND email_verified = 0;
+
+-- name: code_revoke_all
+-- Every code still open for the address, whatever its purpose, stops working.
+UPDATE email_codes SET used_at = :now WHERE email = :email AND used_at IS NULL;
+
 -- name: site_user_set_name
 UPDATE users SET name = :name, updated_at = :now WHERE id = :id;
 
 -- name: site_user_set_password
-UPDATE users SET password_hash = :password_hash, updated_at = :now WHERE id = :id;
+-- A new password ends every session (the browser that changed it is given the new epoch).
+UPDATE users SET password_hash = :password_hash, session_epoch = session_epoch + 1,
+    updated_at = :now
+WHERE id = :id;
 
 -- name: site_user_anonymize
 -- Account deletion keeps the row (orders and usage refer to it) but nothing personal.
 UPDATE users SET email = :email, name = '', password_hash = '', status = 'deleted',
-    is_admin = 0, updated_at = :now
+    is_admin = 0, session_epoch = session_epoch + 1, updated_at = :now
 WHERE id = :id;
 
 -- name: site_user_revoke_keys

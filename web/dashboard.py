@@ -204,13 +204,14 @@ async def change_password(request: web.Request) -> web.Response:
     user = await require_user(request)
     form = await form_data(request)
     try:
-        new_hash = await site_accounts.change_password(
+        await site_accounts.change_password(
             db_of(request), user.id, form.get("current_password", ""),
             form.get("new_password", ""), form.get("confirm_password", ""))
     except SiteAccountError as exc:
         return await _settings_reply(request, user, "partials/settings_password.html",
                                      {exc.field or "current_password": translated(exc)}, "")
-    await refresh_stamp(request, new_hash)
+    # this browser stays signed in: it takes the new password stamp and session epoch
+    await refresh_stamp(request, await db_of(request).fetch_one("user_by_id", {"id": user.id}))
     return await _settings_reply(request, user, "partials/settings_password.html", {},
                                  _("Your password was changed; other browsers are signed out."))
 

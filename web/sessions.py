@@ -6,8 +6,12 @@ the server keeps no session table. The secret comes from `[web] session_secret` 
 0600 permissions. The cookie is HttpOnly, SameSite=Lax, and Secure when the public URL is
 https.
 
-A session names its user and carries a stamp of the user's password hash: changing the
-password (or deleting the account, or suspending it) signs out every other browser at once.
+A session names its user and carries the user's session epoch (`users.session_epoch`) and
+a stamp of the password hash, both checked against the database on every request. The
+cookie lives in the browser, so ending a session means making its cookie worthless: sign-
+out, a password change or reset, a suspension (CLI or admin page) and account deletion add
+one to the epoch, and every cookie issued before stops working at once, a copied one too.
+The epoch is per user, so signing out in one browser signs out all of them.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from gateway.accounts.users import end_sessions
 from gateway.config import Config
+from gateway.store.base import DATABASE
 
 log = logging.getLogger("llmapi.sessions")
 
@@ -125,7 +131,7 @@ _USER_CHECKED = web.RequestKey("site_user_checked", bool)
 
 async def signed_in_user(request: web.Request, load_user: Any) -> SiteUser | None:
     """The user of this request's session, or None. A session whose user is gone, no
-    longer active or whose password changed since sign-in is emptied on the way."""
+    longer active, or whose epoch or password changed since sign-in is emptied on the way."""
     if request.get(_USER_CHECKED):
         return request.get(_USER)
     request[_USER_CHECKED] = True
@@ -135,6 +141,7 @@ async def signed_in_user(request: web.Request, load_user: Any) -> SiteUser | Non
         return None
     row = await load_user(user_id)
     if (row is None or row["status"] != "active" or not row["email_verified"]
+            or session.get("epoch") != row["session_epoch"]
             or session.get("stamp") != password_stamp(row["password_hash"])):
         _forget_user(session)
         return None
@@ -150,6 +157,7 @@ async def sign_in(request: web.Request, row: Any) -> Session:
     session.update(keep)
     session["uid"] = row["id"]
     session["stamp"] = password_stamp(row["password_hash"])
+    session["epoch"] = row["session_epoch"]
     session["csrf"] = secrets.token_urlsafe(32)
     session["at"] = int(time.time())
     request[_USER] = site_user(row)
@@ -163,19 +171,26 @@ def forget_loaded_user(request: web.Request) -> None:
     request[_USER_CHECKED] = False
 
 
-async def refresh_stamp(request: web.Request, password_hash: str) -> None:
-    """Keep this browser signed in after its own password change (others are signed out)."""
+async def refresh_stamp(request: web.Request, row: Any) -> None:
+    """Keep this browser signed in after its own password change (others are signed out):
+    `row` is the user as the change left it (new password hash, new epoch)."""
     session = await get_session(request)
-    session["stamp"] = password_stamp(password_hash)
+    session["stamp"] = password_stamp(row["password_hash"])
+    session["epoch"] = row["session_epoch"]
 
 
 async def sign_out(request: web.Request) -> None:
+    """End every session of the signed-in user (a copy of this cookie included), then
+    empty this browser's."""
     session = await get_session(request)
+    user_id = session.get("uid")
+    if isinstance(user_id, int):
+        await end_sessions(request.app[DATABASE], user_id)
     session.invalidate()
     request.pop(_USER, None)
     request[_USER_CHECKED] = True
 
 
 def _forget_user(session: Session) -> None:
-    for key in ("uid", "stamp", "at"):
+    for key in ("uid", "stamp", "epoch", "at"):
         session.pop(key, None)

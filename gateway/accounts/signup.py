@@ -254,7 +254,9 @@ async def delete_account(db: Store, user_id: int, typed_email: str) -> None:
 async def google_user(db: Store, subject: str, email: str, email_verified: bool,
                       name: str) -> Any:
     """The user a verified Google identity signs in as: the linked one, else the account
-    with the same (Google-verified) address, else a new account."""
+    with the same (Google-verified) address, else a new account. A pending account with
+    that address was registered by someone who never proved they read its mail: Google's
+    word makes it the signer's, and nothing that registrant set survives (`_claim_pending`)."""
     user = await db.fetch_one("identity_user", {"provider": "google", "subject": subject})
     if user is None:
         if not email_verified:
@@ -266,10 +268,24 @@ async def google_user(db: Store, subject: str, email: str, email_verified: bool,
         else:
             user_id = user["id"]
             if not user["email_verified"]:
-                await db.execute("site_user_mark_verified", {"id": user_id, "now": time.time()})
+                await _claim_pending(db, user_id, email, clean_name(name)[:MAX_NAME])
         await db.insert("identity_insert", {"user_id": user_id, "provider": "google",
                                             "subject": subject, "now": time.time()})
         user = await db.fetch_one("user_by_id", {"id": user_id})
     if user is None or user["status"] in ("suspended", "deleted"):
         raise SiteAccountError("this account is suspended; contact the operator")
     return user
+
+
+async def _claim_pending(db: Store, user_id: int, email: str, name: str) -> None:
+    """Pre-account takeover defence: an attacker registers the victim's address with a
+    password and leaves it pending, then waits for the victim to sign in with Google. The
+    link drops that password, name and every open code (and any key), so the attacker's
+    password opens nothing and their code verifies nothing."""
+    now = time.time()
+    async with db.transaction() as tx:
+        if not await tx.execute("site_user_claim_by_google",
+                                {"id": user_id, "name": name, "now": now}):
+            return  # verified a moment ago by its code: it is the owner's, with their password
+        await tx.execute("code_revoke_all", {"email": email, "now": now})
+        await tx.execute("site_user_revoke_keys", {"user_id": user_id, "now": now})

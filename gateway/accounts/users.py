@@ -163,3 +163,8 @@ async def set_plan(db: Store, email: str, plan: str) -> None:
 async def set_key_rpm(db: Store, key_id: int, rpm: int | None) -> None:
     """Give one key its own requests-per-minute limit (None: back to the plan's)."""
     await db.execute("key_set_rpm", {"key_id": key_id, "rpm": rpm, "now": time.time()})
+
+
+async def end_sessions(db: Store, user_id: int) -> None:
+    """Every signed-in cookie of this user stops working (the session epoch moves on)."""
+    await db.execute("user_end_sessions", {"id": user_id})

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from gateway.accounts.google import GoogleSignInError, GoogleVerifier
 from gateway.config import GoogleConfig
 from tests.helpers.gateway import GatewayFactory
-from tests.helpers.site import SiteClient
+from tests.helpers.site import SiteClient, code_from_outbox, register
 
 CLIENT_ID = "test-client.apps.googleusercontent.com"
 ISSUER = "https://accounts.google.com"
@@ -191,3 +191,86 @@ async def test_google_routes_are_off_without_a_client_id(
         assert (await client.get("/login/google"))[0] == 404
     finally:
         await client.close()
+
+
+async def google_sign_in(gw: Any, google: FakeGoogle, browser: SiteClient, **claims: Any
+                         ) -> tuple[int, str, Any]:
+    """The whole flow for `browser`: start, Google's form_post (cross-site), finish."""
+    _, _, headers = await browser.get("/login/google?next=/settings")
+    query = parse_qs(urlsplit(headers["Location"]).query)
+    token = google.token(nonce=query["nonce"][0], **claims)
+    async with aiohttp.ClientSession() as google_side, google_side.post(
+            gw.url + "/login/google/callback", data={"id_token": token,
+                                                     "state": query["state"][0]},
+            allow_redirects=False) as r:
+        assert r.status == 303, await r.text()
+        finish = r.headers["Location"]
+    return await browser.get(finish)
+
+
+async def test_pending_registration_cannot_take_over_a_google_account(
+        gateway_factory: GatewayFactory, google: FakeGoogle) -> None:
+    """Pre-account takeover: the attacker registers the victim's address with a password of
+    their own and leaves it pending; the victim later signs in with Google. The account
+    Google verified must not keep the attacker's password, name or pending code."""
+    assert google.server is not None
+    gw = await gateway_factory({"google": {
+        "client_id": CLIENT_ID, "jwks_url": str(google.server.make_url("/certs"))}})
+    attacker, victim = SiteClient(gw), SiteClient(gw)
+    victim_email = "googler@example.com"
+    try:
+        await attacker.get("/register")
+        status, text, headers = await attacker.post("/register", {
+            "email": victim_email, "password": "attacker password 1", "name": "Mallory"})
+        assert status == 303 and headers["Location"] == "/register/verify", text
+        pending = await gw.db.fetch_one("user_by_email", {"email": victim_email})
+        assert pending["status"] == "pending" and pending["password_hash"]
+        code = await code_from_outbox(gw, victim_email)  # in the victim's mailbox
+
+        status, _, headers = await google_sign_in(gw, google, victim)
+        assert status == 303 and headers["Location"] == "/settings"
+        assert (await victim.get("/settings"))[0] == 200
+
+        user = await gw.db.fetch_one("user_by_email", {"email": victim_email})
+        assert user["id"] == pending["id"] and user["email_verified"] == 1
+        assert user["status"] == "active"
+        assert user["password_hash"] == "", "the attacker's password survived the link"
+        assert user["name"] != "Mallory"
+        # the attacker's password opens nothing
+        await attacker.get("/login")
+        status, text, _ = await attacker.post("/login", {
+            "email": victim_email, "password": "attacker password 1"})
+        assert status == 422 and "wrong e-mail address or password" in text
+        # the code the attacker's registration sent is dead too
+        await attacker.get("/register/verify")
+        status, text, _ = await attacker.post("/register/verify", {
+            "email": victim_email, "code": code})
+        assert status == 422, text
+        # the victim's Google session is untouched by all of that
+        assert (await victim.get("/settings"))[0] == 200
+    finally:
+        await attacker.close()
+        await victim.close()
+
+
+async def test_verified_password_account_keeps_its_password_when_google_links(
+        gateway_factory: GatewayFactory, google: FakeGoogle) -> None:
+    """An owner who verified the address by code chose that password: linking Google to
+    the account later keeps it."""
+    assert google.server is not None
+    gw = await gateway_factory({"google": {
+        "client_id": CLIENT_ID, "jwks_url": str(google.server.make_url("/certs"))}})
+    owner = SiteClient(gw)
+    try:
+        await register(owner, "googler@example.com", password="owner password 1")
+        before = await gw.db.fetch_one("user_by_email", {"email": "googler@example.com"})
+        browser = SiteClient(gw)
+        try:
+            status, _, _ = await google_sign_in(gw, google, browser)
+            assert status == 303
+        finally:
+            await browser.close()
+        after = await gw.db.fetch_one("user_by_email", {"email": "googler@example.com"})
+        assert after["password_hash"] == before["password_hash"] != ""
+    finally:
+        await owner.close()
