@@ -1,7 +1,11 @@
 """Provider for `protocol = "anthropic"`: pass-through to an Anthropic-compatible endpoint.
 
-Only the model name is rewritten. The upstream's stream bytes go to the client untouched as
-they arrive; `AnthropicUsageTap` watches them for usage without re-serializing anything.
+The model name is rewritten, `role: "system"` messages are folded into `system`, and
+tool-call ids are made unique for the client (Kimi's Anthropic endpoint repeats
+`functions.NAME:i` on every turn; gateway/protocol/tool_ids.py) and decoded again on the way
+up. Otherwise the upstream's stream bytes go to the client untouched as they arrive:
+`AnthropicUsageTap` watches them for usage, and only `content_block_start` events of tool
+calls are re-serialized.
 """
 
 from __future__ import annotations
@@ -18,6 +22,12 @@ from gateway.protocol.anthropic_tap import AnthropicUsageTap
 from gateway.protocol.cache_normalize import normalize_volatile_system
 from gateway.protocol.openai_request import without_client_metadata
 from gateway.protocol.openai_response import anthropic_error_from_openai
+from gateway.protocol.tool_ids import (
+    events_with_client_ids,
+    history_with_upstream_ids,
+    id_salt,
+    message_with_client_ids,
+)
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
 from gateway.providers.http import (
@@ -37,8 +47,9 @@ TRUNCATED = "the upstream stream ended before message_stop"
 class PassThroughReply(UpstreamStream):
     """Forwards complete SSE events as they arrive, tapping usage on the way."""
 
-    def __init__(self, response: UpstreamResponse, provider: str) -> None:
+    def __init__(self, response: UpstreamResponse, provider: str, salt: str) -> None:
         self._tap = AnthropicUsageTap()
+        self._salt = salt
         self._ended = False
         self._deltas = 0  # content_block_delta events seen, for usage of a cut-off stream
         self._tail = b""
@@ -55,13 +66,14 @@ class PassThroughReply(UpstreamStream):
             self._tail = data
             return b""
         self._tail = data[cut:]
-        block = data[:cut]
+        block = events_with_client_ids(data[:cut], self._salt)
         self._tap.feed_complete(block)
         return block
 
     def _on_eof(self) -> bytes:
         tap = self._tap
         out = self._tail + b"\n\n" if self._tail.strip() else b""
+        out = events_with_client_ids(out, self._salt)
         tap.feed_complete(out)
         if not (tap.saw_message_stop or tap.error):
             out += self.abort("api_error", TRUNCATED)
@@ -116,6 +128,9 @@ class AnthropicProvider:
             body = normalize_volatile_system(body)
         body = {**body, "model": call.upstream_model}
         body = with_system_messages_folded(body)
+        history = history_with_upstream_ids(body.get("messages"))
+        if history is not None:
+            body["messages"] = history  # the upstream sees its own tool-call ids
         if isinstance(body.get("system"), list):
             body["system"] = without_client_metadata(body["system"])
         if self.config.inject_cache_control:
@@ -140,8 +155,9 @@ class AnthropicProvider:
                                response.headers.get("retry-after"))
         if not call.stream:
             raw = await read_body(response, self.config)
-            return BufferedReply(raw, usage_of_message(raw))
-        reply = PassThroughReply(response, self.config.name)
+            salt = id_salt(call.message_id)
+            return BufferedReply(message_with_client_ids(raw, salt), usage_of_message(raw))
+        reply = PassThroughReply(response, self.config.name, id_salt(call.message_id))
         await reply.start(self.config)
         return reply
 

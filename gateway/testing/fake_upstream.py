@@ -791,14 +791,22 @@ def _anthropic_block_stop(index: int, block: list[Piece]) -> bytes:
     return signature + _sse("content_block_stop", {"type": "content_block_stop", "index": index})
 
 
-def _anthropic_block_start(index: int, piece: Piece, rid: str) -> bytes:
+def _anthropic_tool_id(piece: Piece, rid: str, vendor: Vendor | None) -> str:
+    if vendor is not None and vendor.tool_id_style == "kimi":
+        return f"functions.{piece.name}:{piece.call}"  # Kimi's Anthropic endpoint too
+    return f"toolu_{rid}_{piece.call}"
+
+
+def _anthropic_block_start(index: int, piece: Piece, rid: str,
+                           vendor: Vendor | None = None) -> bytes:
     block: dict[str, Any]
     if piece.kind == "text":
         block = {"type": "text", "text": ""}
     elif piece.kind == "reasoning":
         block = {"type": "thinking", "thinking": "", "signature": ""}
     else:
-        block = {"type": "tool_use", "id": f"toolu_{rid}_{piece.call}", "name": piece.name}
+        block = {"type": "tool_use", "id": _anthropic_tool_id(piece, rid, vendor),
+                 "name": piece.name}
         block["input"] = {}
     data = {"type": "content_block_start", "index": index, "content_block": block}
     return _sse("content_block_start", data)
@@ -816,7 +824,7 @@ def _anthropic_delta(index: int, piece: Piece) -> bytes:
     )
 
 
-def render_anthropic_stream(answer: Answer) -> RenderedStream:
+def render_anthropic_stream(answer: Answer, vendor: Vendor | None = None) -> RenderedStream:
     """The cacheable part of an Anthropic event stream: ping, the blocks, the last block stop."""
     opening = _sse("ping", {"type": "ping"})
     blocks = _anthropic_blocks(answer.pieces)
@@ -827,7 +835,7 @@ def render_anthropic_stream(answer: Answer) -> RenderedStream:
             if position == 0:
                 if index:
                     parts.append(_anthropic_block_stop(index - 1, blocks[index - 1]))
-                parts.append(_anthropic_block_start(index, piece, _RID_MARK))
+                parts.append(_anthropic_block_start(index, piece, _RID_MARK, vendor))
             if piece.kind != "tool":
                 parts.append(_anthropic_delta(index, piece))
             frames.append(b"".join(parts))
@@ -1283,10 +1291,12 @@ class FakeUpstream:
         return answer
 
     def _rendered(self, protocol: Protocol, script: Script, answer: Answer) -> RenderedStream:
-        if protocol == "openai" and self.vendor is not None:
-            return render_openai_stream(answer, self.vendor)  # per request: vendor shapes
+        if self.vendor is not None:  # per request: vendor shapes
+            if protocol == "openai":
+                return render_openai_stream(answer, self.vendor)
+            return render_anthropic_stream(answer, self.vendor)
         render = render_openai_stream if protocol == "openai" else render_anthropic_stream
-        if script.scenario not in _CACHEABLE or self.vendor is not None:
+        if script.scenario not in _CACHEABLE:
             return render(answer)
         key = (protocol, (script.scenario, script.chunks, script.text, script.finish))
         stream = self._streams.get(key)
@@ -1406,7 +1416,7 @@ class FakeUpstream:
             data = openai_completion(answer, usage, model, rid, script.usage != "none",
                                      self.vendor)
         else:
-            data = anthropic_message(answer, usage, model, rid)
+            data = anthropic_message(answer, usage, model, rid, self.vendor)
         return self._json(data)
 
     async def _stream(
@@ -1511,7 +1521,7 @@ class FakeUpstream:
                       answer.reasoning_tokens)
         if not stream:
             data = openai_completion(answer, usage, model, rid, True, vendor) \
-                if protocol == "openai" else anthropic_message(answer, usage, model, rid)
+                if protocol == "openai" else anthropic_message(answer, usage, model, rid, vendor)
             await response.write(orjson.dumps(data))
         elif protocol == "openai":
             rendered = render_openai_stream(answer, vendor)
@@ -1520,7 +1530,7 @@ class FakeUpstream:
             await response.write(out.replace(_RID_MARK_B, rid.encode())
                                  .replace(_MODEL_MARK_B, orjson.dumps(model)))
         else:
-            rendered = render_anthropic_stream(answer)
+            rendered = render_anthropic_stream(answer, vendor)
             delta = {"type": "message_delta", "delta": {
                 "stop_reason": STOP_REASONS.get(answer.finish, "end_turn"),
                 "stop_sequence": None}, "usage": usage.anthropic(usage.completion)}
@@ -1610,7 +1620,8 @@ def openai_completion(
     return data
 
 
-def anthropic_message(answer: Answer, usage: Usage, model: str, rid: str) -> dict[str, Any]:
+def anthropic_message(answer: Answer, usage: Usage, model: str, rid: str,
+                      vendor: Vendor | None = None) -> dict[str, Any]:
     """A non-stream Anthropic message body."""
     content: list[dict[str, Any]] = []
     for block in _anthropic_blocks(answer.pieces):
@@ -1624,7 +1635,7 @@ def anthropic_message(answer: Answer, usage: Usage, model: str, rid: str) -> dic
             content.append(
                 {
                     "type": "tool_use",
-                    "id": f"toolu_{rid}_{first.call}",
+                    "id": _anthropic_tool_id(first, rid, vendor),
                     "name": first.name,
                     "input": orjson.loads(joined or "{}"),
                 }

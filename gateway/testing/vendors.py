@@ -110,7 +110,10 @@ VENDORS: dict[str, Vendor] = {
         forced_tool_choice_message="tool_choice 'required' is incompatible with thinking "
         "enabled",
         # Native ids `functions.NAME:IDX`, numbered per answer (docs.vllm.ai kimi_k2 parser:
-        # "The header ... is Kimi's native tool call id").
+        # "The header ... is Kimi's native tool call id"), on both endpoints: the fake's
+        # Anthropic endpoint repeats them too, the worst case for a client that pairs
+        # results by id (Anthropic's own API requires "`tool_use` ids must be unique",
+        # anthropics/claude-code#20885).
         tool_id_style="kimi",
         # Stream usage in choices[0].usage of the finish chunk (earendil-works/pi#2017,
         # higress-group/higress#1568); cache hits as usage.cached_tokens.

@@ -3,6 +3,7 @@ gateway with the official anthropic SDK (fakes: gateway/testing/vendors.py)."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ import anthropic
 import pytest
 
 from gateway.testing.vendors import VENDORS, check_request
-from tests.compat import MODEL, claude_code_body, final_of, rig
+from tests.compat import GREP_INPUT, MODEL, READ_INPUT, claude_code_body, final_of, rig
 
 
 def test_strict_profiles_refuse_what_the_vendors_refuse() -> None:
@@ -103,6 +104,57 @@ async def test_kimi_ids_are_unique_and_go_back_as_kimi_made_them(tmp_path: Path)
         sent = await r.last_upstream()
         ids = [c["id"] for m in sent["messages"] for c in m.get("tool_calls") or []]
         assert ids == ["functions.Read:0", "functions.Grep:1"] * 2
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_kimi_ids_on_the_anthropic_endpoint_are_made_unique(tmp_path: Path,
+                                                                   stream: bool) -> None:
+    """Item 3 on pass-through: Kimi's Anthropic endpoint numbers calls per answer too; the
+    client sees distinct toolu_ ids (stream and non-stream), the upstream its own ids, in
+    both the tool_use blocks and the tool_results of the history."""
+    async with rig("kimi", "anthropic", tmp_path) as r:
+        tools = [{"name": "Read", "description": "r", "input_schema": {"type": "object"}},
+                 {"name": "Grep", "description": "g", "input_schema": {"type": "object"}}]
+        body = claude_code_body("[[fake:tools]]", tools=tools, thinking={"type": "disabled"})
+        seen: list[str] = []
+        messages = body["messages"]
+        for _ in range(3):
+            if stream:
+                answer = await final_of(r.sdk, {**body, "messages": messages})
+            else:
+                answer = await r.sdk.messages.create(**{**body, "messages": messages,
+                                                        "max_tokens": 8000})
+            uses = [b for b in answer.content if b.type == "tool_use"]
+            assert [u.input for u in uses] == [READ_INPUT, GREP_INPUT]
+            seen += [u.id for u in uses]
+            messages = [*messages, {"role": "assistant", "content": [
+                b.model_dump(exclude_none=True) for b in answer.content]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": u.id,
+                                              "content": "ok"} for u in uses]}]
+        assert len(seen) == 6 and len(set(seen)) == 6
+        assert all(re.fullmatch(r"toolu_[A-Za-z0-9_-]+", i) for i in seen)  # Anthropic's rule
+        sent = await r.last_upstream()
+        calls = [b["id"] for m in sent["messages"] if isinstance(m["content"], list)
+                 for b in m["content"] if b["type"] == "tool_use"]
+        results = [b["tool_use_id"] for m in sent["messages"] if isinstance(m["content"], list)
+                   for b in m["content"] if b["type"] == "tool_result"]
+        assert calls == results == ["functions.Read:0", "functions.Grep:1"] * 2
+
+
+async def test_anthropic_ids_not_made_by_the_gateway_go_up_unchanged(tmp_path: Path) -> None:
+    """An edited transcript's own ids (Anthropic's toolu_01..., or a look-alike that does not
+    decode) are the upstream's business: sent as they are."""
+    async with rig("deepseek", "anthropic", tmp_path) as r:
+        body = claude_code_body("x", thinking={"type": "disabled"})
+        odd = ["toolu_01A09q90qw90lq917835lq9", "toolu_0123456789ab_!!", "toolu_abc"]
+        body["messages"] = [{"role": "user", "content": "go"}, {"role": "assistant", "content": [
+            {"type": "tool_use", "id": i, "name": "Read", "input": {}} for i in odd]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": i,
+                                          "content": "ok"} for i in odd]}]
+        await final_of(r.sdk, body)
+        sent = await r.last_upstream()
+        assert [b["id"] for b in sent["messages"][1]["content"]] == odd
+        assert [b["tool_use_id"] for b in sent["messages"][2]["content"]] == odd
 
 
 async def test_kimi_usage_in_the_choice_is_exact(tmp_path: Path) -> None:
