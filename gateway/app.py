@@ -40,6 +40,7 @@ from gateway.remote.hub import REMOTE_HUB, RemoteHub, ViewerAuth
 from gateway.reports.health import STARTED_AT
 from gateway.store.base import DATABASE, Store
 from gateway.store.factory import open_store
+from gateway.store.lease import JOBS, Jobs, open_lease
 from gateway.streams import STREAMS, OpenStreams
 from web.routes import add_routes as add_site_routes
 from web.sessions import signed_in_user
@@ -55,6 +56,7 @@ def build_app(config: Config) -> web.Application:
     app[LIFECYCLE] = Lifecycle()  # serving or draining: /health/ready
     app.cleanup_ctx.extend([
         database,          # SQLite file, migrated; plans synced from the config
+        jobs,              # leases of the jobs that must run once across instances
         user_events,       # "this user changed" bus: publishers never call subscribers
         limits,            # plan limits and counters (None with accounting off)
         key_cache,         # API keys in memory, refreshed from the database
@@ -96,6 +98,19 @@ async def database(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await db.close()
+
+
+async def jobs(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    lease = open_lease(config.database.url if config.database.postgres else "")
+    runner = app[JOBS] = Jobs(lease)
+    app[METRICS].add_gauge(Gauge(
+        "llmapi_job_rounds", "Rounds of each must-run-once job run here; held: this instance "
+        "holds its lease", ("job", "held"), runner.samples))
+    try:
+        yield
+    finally:
+        await lease.close()
 
 
 async def user_events(app: web.Application) -> AsyncIterator[None]:
@@ -214,8 +229,11 @@ async def remote_hub(app: web.Application) -> AsyncIterator[None]:
     config, db = app[CONFIG], app[DATABASE]
     hub = app[REMOTE_HUB] = RemoteHub(db, app[KEY_CACHE], config.remote, config.public_url,
                                       viewer_user=signed_in_user_id(db))
+    interval = config.remote.sweep_interval
     try:
-        async with running(hub.run_sweeper(), "remote-sweeper"):
+        async with running(app[JOBS].run("remote.sweep", interval, hub.sweep),
+                           "remote-sweeper"), \
+                running(hub.run_room_check(), "remote-room-check"):
             yield
     finally:
         await hub.close_all()
@@ -233,7 +251,9 @@ async def payments(app: web.Application) -> AsyncIterator[None]:
     service = app[PAYMENTS] = await Payments.open(app[CONFIG], app[DATABASE],
                                                   app[USER_EVENTS])
     try:
-        async with running(service.run(), "payment-reconciler"):
+        async with running(app[JOBS].run("payments.reconcile",
+                                         app[CONFIG].alipay.reconcile_interval,
+                                         service.reconcile), "payment-reconciler"):
             yield
     finally:
         await service.close()

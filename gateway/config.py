@@ -254,6 +254,7 @@ class RemoteConfig:
     buffer_bytes: int = 64 * 1024         # output kept for viewers who connect late
     max_message_bytes: int = 256 * 1024   # largest WebSocket message accepted
     messages_per_second: float = 200.0    # per connection, with bursts of twice that
+    sweep_interval: float = 30.0          # seconds between expiry sweeps and room checks
 
 
 ALIPAY_GATEWAY = "https://openapi.alipay.com/gateway.do"
@@ -680,6 +681,7 @@ def _remote(r: _Reader) -> RemoteConfig:
         buffer_bytes=r.positive("buffer_bytes", int, d.buffer_bytes),
         max_message_bytes=r.positive("max_message_bytes", int, d.max_message_bytes),
         messages_per_second=r.positive("messages_per_second", float, d.messages_per_second),
+        sweep_interval=r.positive("sweep_interval", float, d.sweep_interval),
     )
     r.finish()
     return remote

@@ -18,7 +18,6 @@ scanned just before the close) is applied and logged, never thrown away.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import secrets
@@ -451,15 +450,6 @@ class Payments:
             if changed and self.events is not None:
                 await self.events.publish(UserChanged(row["user_id"]))
         return expired
-
-    async def run(self) -> None:
-        """The background task: a reconciliation round every `reconcile_interval`."""
-        while True:
-            await asyncio.sleep(self.config.reconcile_interval)
-            try:
-                await self.reconcile()
-            except Exception:  # a locked database or a bug in one round: try again later
-                log.exception("payment reconciliation round failed")
 
 
 PAYMENTS = web.AppKey("payments", Payments)

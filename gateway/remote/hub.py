@@ -45,6 +45,7 @@ from gateway.remote.sessions import (
     connection_opened,
     end_session,
     expire_sessions,
+    get_session,
     owned_session,
     set_status,
 )
@@ -55,7 +56,6 @@ log = logging.getLogger("llmapi.remote")
 CLOSE_ENDED = 4410     # the session ended or expired: a bridge should exit
 CLOSE_REPLACED = 4000  # another bridge took over this session
 HEARTBEAT = 20.0
-SWEEP_INTERVAL = 30.0
 
 ViewerAuth = Callable[[web.Request], Awaitable[int | None]]
 
@@ -279,6 +279,10 @@ class RemoteHub:
     async def end(self, session_id: str, reason: str, status: str = "ended") -> None:
         """End a session: record it, tell everyone, close every connection to it."""
         await end_session(self.db, session_id, reason, status)
+        await self._close_room(session_id, reason, status)
+
+    async def _close_room(self, session_id: str, reason: str, status: str) -> None:
+        """Tell this instance's connections to a session that it ended, and close them."""
         room = self.rooms.pop(session_id, None)
         if room is None:
             return
@@ -292,17 +296,31 @@ class RemoteHub:
                 await ws.close(code=CLOSE_ENDED, message=reason.encode()[:120])
 
     async def sweep(self) -> None:
-        """End every session past its expiry time."""
+        """End every session past its expiry time (a must-run-once job: app.py runs it
+        under the `remote.sweep` lease, so one instance writes the ends)."""
         for session_id in await expire_sessions(self.db):
             await self.end(session_id, "expired", status="expired")
 
-    async def run_sweeper(self) -> None:
+    async def close_ended_rooms(self) -> int:
+        """Close this instance's rooms whose session ended elsewhere (the sweep on the
+        lease holder, an End pressed on another instance). Every instance runs it."""
+        closed = 0
+        for session_id in list(self.rooms):
+            session = await get_session(self.db, session_id)
+            if session is None or not session.is_open:
+                status = session.status if session is not None else "ended"
+                await self._close_room(session_id, status, status)
+                closed += 1
+        return closed
+
+    async def run_room_check(self) -> None:
+        """Every `[remote] sweep_interval`: `close_ended_rooms` (this instance's own)."""
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL)
+            await asyncio.sleep(self.config.sweep_interval)
             try:
-                await self.sweep()
-            except Exception:  # keep sweeping; a locked database now is fine later
-                log.exception("remote session sweep failed")
+                await self.close_ended_rooms()
+            except Exception:  # keep checking; a database outage now is fine later
+                log.exception("remote room check failed")
 
     async def close_all(self) -> None:
         for room in list(self.rooms.values()):
