@@ -18,16 +18,18 @@ from aiohttp import web
 
 from gateway.access_log import ACCESS_LOG, AccessLog
 from gateway.accounting.admission import ACCOUNTANT, Accountant
+from gateway.accounting.counters import Counters
 from gateway.accounting.journal import Journal
 from gateway.accounting.keycache import KEY_CACHE, KeyCache
 from gateway.accounting.limits import LIMITS, MemoryCounters
+from gateway.accounting.shared import RedisCounters
 from gateway.accounting.usage import RECORDER, NoopRecorder, UsageRecorder
 from gateway.accounts.plans import sync_plans
 from gateway.api.endpoints import add_api_routes
 from gateway.api.middleware import errors_middleware
 from gateway.billing.payments import PAYMENTS, Payments
 from gateway.config import CONFIG, Config, ProviderConfig
-from gateway.events import USER_EVENTS, UserChanged, UserEvents
+from gateway.events import USER_EVENTS, Subscriber, UserChanged, UserEvents
 from gateway.lifecycle import LIFECYCLE, Lifecycle
 from gateway.metrics import METRICS, Gauge, Metrics
 from gateway.providers.anthropic import AnthropicProvider
@@ -124,17 +126,31 @@ async def limits(app: web.Application) -> AsyncIterator[None]:
         app[LIMITS] = None
         yield
         return
-    found = app[LIMITS] = MemoryCounters(app[DATABASE], {p.name: p for p in config.plans})
-
-    def user_changed(event: UserChanged) -> None:
-        # Counters are never dropped on a change (a rename once a second used to reset
-        # them): plan and status reach the hot path through the key cache; only a payment's
-        # new period restarts the counts.
-        if event.period is not None:
-            found.reset_period(event.user_id, *event.period)
-
-    app[USER_EVENTS].subscribe(user_changed)
+    plans = {p.name: p for p in config.plans}
+    if config.redis.url:  # several instances: counters shared in Redis
+        shared = RedisCounters(app[DATABASE], plans, config.redis)
+        app[LIMITS] = shared
+        app[USER_EVENTS].subscribe(period_starter(shared))
+        await shared.start()
+        try:
+            async with running(shared.run(), "redis-counters"):
+                yield
+        finally:
+            await shared.close()
+        return
+    found = app[LIMITS] = MemoryCounters(app[DATABASE], plans)
+    app[USER_EVENTS].subscribe(period_starter(found))
     yield
+
+
+def period_starter(counters: Counters) -> Subscriber:
+    """Counters are never dropped on a change (a rename once a second used to reset them):
+    plan and status reach the hot path through the key cache; only a payment's new period
+    restarts the counts."""
+    async def user_changed(event: UserChanged) -> None:
+        if event.period is not None:
+            await counters.start_period(event.user_id, *event.period)
+    return user_changed
 
 
 async def key_cache(app: web.Application) -> AsyncIterator[None]:

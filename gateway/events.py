@@ -10,7 +10,7 @@ instances (issue 16: Redis pub/sub) implements the same two methods.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -27,7 +27,8 @@ class UserChanged:
     origin: object = None
 
 
-Subscriber = Callable[[UserChanged], None]
+Subscriber = Callable[[UserChanged], Awaitable[None] | None]
+"""Called with each event; may be a coroutine function (awaited in turn)."""
 
 
 class UserEvents:
@@ -43,7 +44,9 @@ class UserEvents:
         """Deliver to every subscriber; one failing subscriber does not stop the others."""
         for subscriber in self._subscribers:
             try:
-                subscriber(event)
+                result = subscriber(event)
+                if result is not None:
+                    await result
             except Exception:
                 log.exception("subscriber %r failed on %r", subscriber, event)
 

@@ -1,7 +1,8 @@
 """The `Counters` seam: every limit a request is admitted against, behind one protocol.
 
-A store of counters (in memory today: `gateway.accounting.limits.MemoryCounters`; Redis for
-several gateway processes, issue 16) does three things per request, each atomic on its own:
+A store of counters (in this process's memory: `gateway.accounting.limits.MemoryCounters`;
+in Redis, shared by several gateway processes: `gateway.accounting.shared.RedisCounters`)
+does three things per request, each atomic on its own:
 
 - `admit(ask)`: check AND count in one step (requests per minute in a sliding window,
   requests per day, requests in flight per user and per key, and a token *reservation*
@@ -61,6 +62,7 @@ class Grant:
     period_start: float     # the quota period the reservation was taken in
     headers: dict[str, str] = field(default_factory=dict)
     done: bool = False      # settled or released (a second call is a no-op)
+    token: str = ""         # the shared store's id of this claim ("": counted in-process)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ as deltas (`take_deltas`) in its batched transactions. The key cache never drops
 counters: a change to a user, key or plan reaches the hot path through `KeyInfo` (plan
 name, status, rpm override) while the counts stay where they are. Nothing awaits between
 a check and its count, so admission is atomic on the event loop. Several processes need a
-shared store behind the same protocol (`gateway.accounting.counters`, issue 16: Redis).
+shared store behind the same protocol (`gateway.accounting.shared.RedisCounters`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from gateway.accounting.counters import MIN_OUTPUT_TOKENS, Ask, CounterDelta, Grant
+from gateway.accounting.counters import MIN_OUTPUT_TOKENS, Ask, CounterDelta, Counters, Grant
 from gateway.accounts.users import add_month
 from gateway.config import PlanConfig
 from gateway.errors import ApiError
@@ -117,6 +117,12 @@ class MemoryCounters:
     async def start_period(self, user_id: int, period_start: float, period_end: float) -> None:
         self.reset_period(user_id, period_start, period_end)
 
+    def drop_idle(self) -> None:
+        """Forget every user with nothing in flight and nothing left to persist, so their
+        figures are loaded afresh on next use (the Redis fallback calls this each time Redis
+        goes away: what it counted during an earlier outage is stale by now)."""
+        self._users = {uid: q for uid, q in self._users.items() if q.in_flight or q.dirty}
+
     def reset_period(self, user_id: int, period_start: float, period_end: float) -> None:
         """A payment began a new period (the database row was reset in the same breath)."""
         quota = self._users.get(user_id)
@@ -176,38 +182,12 @@ class MemoryCounters:
 
     def _refusal(self, ask: Ask, quota: UserQuota, window: deque[float], reset_at: float,
                  headers: dict[str, str], key_in_flight: int, now: float) -> ApiError:
-        """The error for the first limit that refuses, most fundamental first."""
-        plan = ask.plan
-        if plan.max_input_tokens and ask.input_estimate > plan.max_input_tokens:
-            return ApiError(
-                "invalid_request_error",
-                f"input too large: about {ask.input_estimate} tokens, plan {plan.name!r} "
-                f"allows at most {plan.max_input_tokens} input tokens per request",
-                headers=headers)
-        if plan.monthly_tokens and self._reservation(ask, quota)[0] < 0:
-            held = f", {quota.reserved} more held by requests in flight" if quota.reserved else ""
-            need = ask.input_estimate + min(ask.max_tokens, MIN_OUTPUT_TOKENS)
-            return _refused(
-                f"monthly token quota exhausted: {quota.tokens_used} of {plan.monthly_tokens} "
-                f"tokens used{held} on plan {plan.name!r}; this request needs at least {need} "
-                f"(about {ask.input_estimate} input tokens plus an answer); resets at "
-                f"{iso(quota.period_end)}", headers, quota.period_end, now)
-        if plan.rpd and quota.requests_today >= plan.rpd:
-            resets = quota.day + DAY
-            return _refused(
-                f"daily request limit reached: {quota.requests_today} of {plan.rpd} requests "
-                f"today on plan {plan.name!r}; resets at {iso(resets)}", headers, resets, now)
-        if ask.rpm and len(window) >= ask.rpm:
-            return _refused(
-                f"rate limit reached: {len(window)} of {ask.rpm} requests per minute"
-                f"{' for this key' if ask.rpm_per_key else ''} on plan "
-                f"{plan.name!r}; resets at {iso(reset_at)}", headers, reset_at, now)
-        whose = "this account" if quota.in_flight >= plan.concurrency else "this key"
-        running = max(quota.in_flight, key_in_flight)
-        return _refused(
-            f"concurrency limit reached: {running} of {plan.concurrency} requests already "
-            f"in flight for {whose} on plan {plan.name!r}; retry when one finishes",
-            headers, now + CONCURRENCY_RETRY_AFTER, now)
+        return refusal(ask, Figures(
+            tokens_used=quota.tokens_used, reserved=quota.reserved,
+            quota_short=self._reservation(ask, quota)[0] < 0,
+            requests_today=quota.requests_today, day=quota.day, window=len(window),
+            reset_at=reset_at, in_flight=quota.in_flight, key_in_flight=key_in_flight,
+            period_end=quota.period_end), headers, now)
 
     def _window(self, ask: Ask, quota: UserQuota) -> deque[float]:
         if not ask.rpm_per_key:
@@ -274,6 +254,58 @@ class MemoryCounters:
                 quota.dirty = True
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """What a refusal quotes: the counts one store of counters (memory or Redis) saw."""
+
+    tokens_used: int
+    reserved: int
+    quota_short: bool        # the quota cannot hold the input plus the minimum answer
+    requests_today: int
+    day: float               # start (UTC) of the day `requests_today` counts
+    window: int              # requests in the last minute (the window that applies)
+    reset_at: float          # when the oldest of them leaves the window
+    in_flight: int
+    key_in_flight: int
+    period_end: float
+
+
+def refusal(ask: Ask, fig: Figures, headers: dict[str, str], now: float) -> ApiError:
+    """The error for the first limit that refuses, most fundamental first (the same words
+    whichever store counted)."""
+    plan = ask.plan
+    if plan.max_input_tokens and ask.input_estimate > plan.max_input_tokens:
+        return ApiError(
+            "invalid_request_error",
+            f"input too large: about {ask.input_estimate} tokens, plan {plan.name!r} "
+            f"allows at most {plan.max_input_tokens} input tokens per request",
+            headers=headers)
+    if plan.monthly_tokens and fig.quota_short:
+        held = f", {fig.reserved} more held by requests in flight" if fig.reserved else ""
+        need = ask.input_estimate + min(ask.max_tokens, MIN_OUTPUT_TOKENS)
+        return _refused(
+            f"monthly token quota exhausted: {fig.tokens_used} of {plan.monthly_tokens} "
+            f"tokens used{held} on plan {plan.name!r}; this request needs at least {need} "
+            f"(about {ask.input_estimate} input tokens plus an answer); resets at "
+            f"{iso(fig.period_end)}", headers, fig.period_end, now)
+    if plan.rpd and fig.requests_today >= plan.rpd:
+        resets = fig.day + DAY
+        return _refused(
+            f"daily request limit reached: {fig.requests_today} of {plan.rpd} requests "
+            f"today on plan {plan.name!r}; resets at {iso(resets)}", headers, resets, now)
+    if ask.rpm and fig.window >= ask.rpm:
+        return _refused(
+            f"rate limit reached: {fig.window} of {ask.rpm} requests per minute"
+            f"{' for this key' if ask.rpm_per_key else ''} on plan "
+            f"{plan.name!r}; resets at {iso(fig.reset_at)}", headers, fig.reset_at, now)
+    whose = "this account" if fig.in_flight >= plan.concurrency else "this key"
+    running = max(fig.in_flight, fig.key_in_flight)
+    return _refused(
+        f"concurrency limit reached: {running} of {plan.concurrency} requests already "
+        f"in flight for {whose} on plan {plan.name!r}; retry when one finishes",
+        headers, now + CONCURRENCY_RETRY_AFTER, now)
+
+
 def _refused(message: str, headers: dict[str, str], resets: float, now: float) -> ApiError:
     retry = max(1, int(resets - now + 0.999))
     return ApiError("rate_limit_error", message, headers={**headers, "retry-after": str(retry)})
@@ -296,5 +328,5 @@ def rate_headers(limit: int, used: int, reset_at: float) -> dict[str, str]:
     }
 
 
-LIMITS: web.AppKey[MemoryCounters | None] = web.AppKey("limits")
+LIMITS: web.AppKey[Counters | None] = web.AppKey("limits")
 """The process's counters; None when `[server] accounting = false`."""
