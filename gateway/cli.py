@@ -1,4 +1,4 @@
-"""The operator's command line: `serve` (default), users, keys and the fake upstream.
+"""The operator's command line: `serve` (default), users, keys, migrate-data and the fakes.
 
 Every command reads the same config (`--config FILE` or `LLMAPI_CONFIG`) and so the same
 database as the server, and first syncs `[[plans]]` from it, so a plan defined in the
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 from gateway.accounts.plans import sync_plans
@@ -31,6 +33,7 @@ from gateway.accounts.users import (
 from gateway.config import Config, ConfigError, load_config, override_server
 from gateway.remote import bridge as remote_bridge
 from gateway.server import serve
+from gateway.store import migrate_data
 from gateway.store.factory import open_store
 from gateway.testing import fake_alipay, fake_upstream
 
@@ -105,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
                             help="relay this machine's terminal to the gateway (remote control)")
     remote_bridge.add_arguments(bridge)
 
+    move = sub.add_parser("migrate-data", parents=[common],
+                          help="copy the SQLite database into PostgreSQL (idempotent, verified)")
+    move.add_argument("--to", default=os.environ.get("LLMAPI_DATABASE_URL", ""),
+                      help="postgresql://user:pass@host:5432/db (default: $LLMAPI_DATABASE_URL)")
+    move.add_argument("--from", dest="source", default="",
+                      help="the SQLite file (default: the config's [database] path)")
+    move.add_argument("--batch-size", type=int, default=migrate_data.DEFAULT_BATCH,
+                      help="rows per PostgreSQL transaction")
+
     fake = sub.add_parser("fake-upstream", help="run the scripted fake provider (tests, demos)")
     fake_upstream.add_arguments(fake)
 
@@ -129,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"llmapi: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if command == "migrate-data":
+        return _migrate_data(config, args)
     if command == "serve":
         config = override_server(config, getattr(args, "host", None),
                                  getattr(args, "port", None))
@@ -149,6 +163,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llmapi: cannot open the database {config.database_path}: {exc}",
               file=sys.stderr)
         return EXIT_USAGE
+
+
+def _migrate_data(config: Config, args: argparse.Namespace) -> int:
+    """Progress on stderr, the verification table on stdout; 1 when a figure differs."""
+    source = Path(args.source) if args.source else config.database_path
+    try:
+        reports = asyncio.run(migrate_data.migrate_data(
+            source, args.to, batch_size=args.batch_size,
+            progress=lambda line: print(line, file=sys.stderr, flush=True)))
+    except migrate_data.MigrateError as exc:
+        print(f"llmapi: migrate-data: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(migrate_data.format_report(reports))
+    return 1 if any(r.mismatches for r in reports) else 0
 
 
 def package_version() -> str:
