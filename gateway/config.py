@@ -23,7 +23,8 @@ from aiohttp import web
 T = TypeVar("T")
 
 PROTOCOLS = ("openai", "anthropic", "demo")
-REASONING_STYLES = ("dashscope", "deepseek", "kimi", "glm", "openai", "openrouter")
+REASONING_STYLES = ("dashscope", "deepseek", "kimi", "glm", "openai", "openrouter", "ollama",
+                    "vllm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +70,12 @@ PRESETS: dict[str, Preset] = {
                           "anthropic": "https://openrouter.ai/api"},
                          reasoning="openrouter", send_files=True),
     # vLLM's OpenAI-compatible server (vllm serve), default port 8000.
-    "vllm": Preset({"openai": "http://127.0.0.1:8000/v1"}, send_top_k=True),
+    # Reasoning "vllm": chat_template_kwargs.enable_thinking=false turns Qwen3 thinking off.
+    "vllm": Preset({"openai": "http://127.0.0.1:8000/v1"}, reasoning="vllm", send_top_k=True),
     # Ollama: /v1 is OpenAI-compatible; /v1/messages Anthropic-compatible; port 11434.
+    # Reasoning "ollama": reasoning_effort "none" turns thinking off on /v1.
     "ollama": Preset({"openai": "http://127.0.0.1:11434/v1",
-                      "anthropic": "http://127.0.0.1:11434"}),
+                      "anthropic": "http://127.0.0.1:11434"}, reasoning="ollama"),
     # OpenAI: reasoning models take max_completion_tokens and reasoning_effort.
     "openai": Preset({"openai": "https://api.openai.com/v1"}, reasoning="openai",
                      send_files=True),

@@ -55,7 +55,8 @@ GREP_INPUT = {"pattern": "TODO", "path": "/tmp/fake-upstream"}
 # self-hosted server must say itself (vLLM's context length).
 PROVIDER_EXTRA: dict[str, dict[str, Any]] = {
     "vllm": {"max_output_tokens": {"default": 16384}},
-    "llamacpp": {},
+    # no preset; llama-server takes vLLM's chat_template_kwargs switch
+    "llamacpp": {"reasoning": "vllm"},
 }
 
 

@@ -32,6 +32,16 @@ __all__ = ["OpenAIOptions", "effective_model", "thinking_state", "to_openai_requ
 #   openai      `reasoning_effort` and `max_completion_tokens` (o-series, gpt-5: `max_tokens`
 #               is a 400 there); temperature/top_p are not sent while reasoning.
 #   openrouter  `reasoning: {max_tokens | effort}`.
+#   ollama      thinking on by default for models that can think; "disabled" is sent as
+#               `reasoning_effort: "none"`, the one switch Ollama's /v1 honours (its native
+#               `think: false` does nothing there: ollama/ollama#14820, docs PR #14821).
+#               Nothing is sent to turn it on: asking a model that cannot think to think
+#               is a 400 ("does not support thinking", atomantic/PortOS#6130).
+#   vllm        Qwen3-style chat templates think by default; "disabled" is sent as
+#               `chat_template_kwargs: {"enable_thinking": false}` ("To disable it, you must
+#               pass enable_thinking=False in your chat_template_kwargs",
+#               docs.vllm.ai/en/stable/features/reasoning_outputs). llama.cpp's server
+#               takes the same switch.
 REPLAY_STYLES = frozenset({"deepseek", "kimi", "glm"})
 THINKING_SWITCH_STYLES = frozenset({"deepseek", "kimi", "glm"})
 
@@ -42,9 +52,8 @@ class OpenAIOptions:
     max_output_tokens: int | None = None
     """Clamp `max_tokens` to this (Claude Code asks for 64000; smaller upstream limits 400)."""
     reasoning: str | None = None
-    """How thinking is requested: None (never), "dashscope" (`enable_thinking` and
-    `thinking_budget`), "deepseek" (a reasoner model chosen by config, nothing sent),
-    "openai" (`reasoning_effort`)."""
+    """How thinking is switched: None (never), or a style of the table above ("deepseek",
+    "kimi", "glm", "dashscope", "openai", "openrouter", "ollama", "vllm")."""
     reasoning_model: str | None = None
     """Upstream model to use instead when thinking is enabled (DeepSeek style)."""
     send_top_k: bool = False
@@ -479,6 +488,10 @@ def _add_reasoning(out: dict[str, Any], body: dict[str, Any], options: OpenAIOpt
                 out["tool_choice"] = "auto"
         elif kind == "disabled":
             out["enable_thinking"] = False
+    elif style == "ollama" and kind == "disabled":
+        out["reasoning_effort"] = "none"
+    elif style == "vllm" and kind == "disabled":
+        out["chat_template_kwargs"] = {"enable_thinking": False}
     elif style == "openai" and enabled:
         out["reasoning_effort"] = _reasoning_effort(budget, body.get("output_config"))
     elif style == "openrouter":

@@ -37,9 +37,11 @@ class Vendor:
     name: str
     protocols: tuple[str, ...]
     doc: str
-    # Thinking: on unless the request turns it off (DeepSeek, Kimi K2.5+, GLM-4.7+), and how
-    # a request turns it on/off: "thinking" ({type}), "enable_thinking" (DashScope),
-    # "reasoning" (OpenRouter), "reasoning_effort" (OpenAI), "" (not switchable).
+    # Thinking: on unless the request turns it off (DeepSeek, Kimi K2.5+, GLM-4.7+, Qwen3 on
+    # vLLM/llama.cpp, thinking models on Ollama), and how a request turns it on/off:
+    # "thinking" ({type}), "enable_thinking" (DashScope), "reasoning" (OpenRouter),
+    # "reasoning_effort" (OpenAI), "ollama" (reasoning_effort "none" off; `think` ignored),
+    # "chat_template_kwargs" (enable_thinking false off), "" (not switchable).
     thinking_default: bool = False
     thinking_param: str = ""
     # Name of the streamed / returned reasoning text ("" = never shown, OpenAI o-series).
@@ -148,8 +150,13 @@ VENDORS: dict[str, Vendor] = {
     ),
     "vllm": Vendor(
         "vllm", ("openai",),
-        "https://docs.vllm.ai/en/latest/features/reasoning_outputs.html",
-        # Reasoning parsers return `reasoning_content` (docs.vllm.ai reasoning outputs).
+        "https://docs.vllm.ai/en/stable/features/reasoning_outputs/",
+        # "The reasoning feature for the Qwen3 series is enabled by default. To disable it,
+        # you must pass enable_thinking=False in your chat_template_kwargs" (same page).
+        thinking_default=True, thinking_param="chat_template_kwargs",
+        # "reasoning used to be called reasoning_content. To migrate, directly replace
+        # reasoning_content with reasoning" (same page): current servers send `reasoning`.
+        reasoning_field="reasoning",
         cache_style="none",
         # "This model's maximum context length is 4096 tokens. However, you requested 4348
         # tokens (4332 in the messages, 16 in the completion)..." (huggingface.co
@@ -162,12 +169,21 @@ VENDORS: dict[str, Vendor] = {
         # Ollama's /v1 streams thinking as `delta.reasoning`, never reasoning_content
         # (dirac-run/dirac#227, anomalyco/opencode#46061).
         reasoning_field="reasoning", cache_style="none",
+        # "Ollama auto-enables thinking for capable models when no reasoning_effort is
+        # provided"; on /v1/chat/completions `reasoning_effort` (or `reasoning.effort`)
+        # "none" turns it off, and "the native Ollama parameter think: true/false does not
+        # work on this endpoint" (ollama/ollama#14820, documented by ollama/ollama#14821).
+        thinking_default=True, thinking_param="ollama",
     ),
     "llamacpp": Vendor(
         "llamacpp", ("openai",),
         "https://github.com/ggml-org/llama.cpp/blob/master/tools/server/README.md",
         # llama-server returns reasoning_content and timings (pypi langchain-llama-cpp).
         cache_style="none", extra={"timings": True},
+        # Qwen3-style templates think by default; "The server already has a way to disable
+        # reasoning in the OpenAI-compatible chat completions API, via chat_template_kwargs"
+        # (ggml-org/llama.cpp#26045, which adds reasoning_effort "none" as well).
+        thinking_default=True, thinking_param="chat_template_kwargs",
     ),
     "openai": Vendor(
         "openai", ("openai",),
@@ -192,6 +208,15 @@ def thinking_active(vendor: Vendor, body: Mapping[str, Any], protocol: Protocol)
         return vendor.thinking_default if protocol == "openai" else False
     if vendor.thinking_param == "enable_thinking":
         return body.get("enable_thinking") is True
+    if vendor.thinking_param == "chat_template_kwargs":
+        kwargs = body.get("chat_template_kwargs")
+        if isinstance(kwargs, dict) and kwargs.get("enable_thinking") is False:
+            return False
+        return vendor.thinking_default
+    if vendor.thinking_param == "ollama":  # `think` is not read on /v1
+        reasoning = body.get("reasoning")
+        return body.get("reasoning_effort") != "none" and not (
+            isinstance(reasoning, dict) and reasoning.get("effort") == "none")
     if vendor.thinking_param == "reasoning":
         reasoning = body.get("reasoning")
         return isinstance(reasoning, dict) and reasoning.get("effort") != "none"

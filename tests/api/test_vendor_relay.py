@@ -157,6 +157,33 @@ async def test_anthropic_ids_not_made_by_the_gateway_go_up_unchanged(tmp_path: P
         assert [b["tool_use_id"] for b in sent["messages"][2]["content"]] == odd
 
 
+@pytest.mark.parametrize(("vendor", "switch"), [
+    ("ollama", {"reasoning_effort": "none"}),
+    ("vllm", {"chat_template_kwargs": {"enable_thinking": False}}),
+    ("llamacpp", {"chat_template_kwargs": {"enable_thinking": False}}),
+])
+@pytest.mark.parametrize("stream", [True, False])
+async def test_thinking_disabled_reaches_servers_that_think_by_default(
+        tmp_path: Path, vendor: str, switch: dict[str, object], stream: bool) -> None:
+    """Item 2: Ollama thinks by default and reads only reasoning_effort "none" on /v1;
+    Qwen3 on vLLM / llama.cpp thinks unless chat_template_kwargs says enable_thinking false.
+    Thinking on sends no switch (Ollama refuses to make a model think that cannot)."""
+    async with rig(vendor, "openai", tmp_path) as r:
+        for thinking, thinks in (({"type": "disabled"}, False),
+                                 ({"type": "enabled", "budget_tokens": 2048}, True)):
+            body = claude_code_body("hi", thinking=thinking)
+            if stream:
+                answer = await final_of(r.sdk, body)
+            else:
+                answer = await r.sdk.messages.create(**{**body, "max_tokens": 8000})
+            sent = await r.last_upstream()
+            assert any(b.type == "thinking" for b in answer.content) is thinks
+            assert r.thinks(sent) is thinks
+            for key, value in switch.items():
+                assert (sent.get(key) == value) is not thinks
+            assert "think" not in sent
+
+
 async def test_kimi_usage_in_the_choice_is_exact(tmp_path: Path) -> None:
     """Item 4: usage from choices[0].usage and cache hits from usage.cached_tokens."""
     async with rig("kimi", "openai", tmp_path) as r:

@@ -152,7 +152,8 @@ def gateway_config(protocol: str, fake_port: int, gateway_port: int, db_path: Pa
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
     base = f"http://127.0.0.1:{fake_port}" + ("/v1" if protocol == "openai" else "")
-    preset = [f'preset = "{vendor}"'] if vendor and vendor != "llamacpp" else []
+    preset = [f'preset = "{vendor}"'] if vendor and vendor != "llamacpp" else \
+        ['reasoning = "vllm"'] if vendor == "llamacpp" else []
     limits = ["[providers.max_output_tokens]", "default = 16384"] if vendor == "vllm" else []
     return "\n".join([
         "[server]",
