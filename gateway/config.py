@@ -213,6 +213,9 @@ class SiteConfig:
     default_language: str = "en"      # when neither ?lang=, the cookie nor Accept-Language decide
     legal_dir: str = ""               # folder of terms.md, privacy.md, refunds.md; "" = built-in
     recommended_plan: str = ""        # marked on the landing and pricing; "" = middle paid plan
+    # Yuan per unit of each provider currency, set by the operator (e.g. {"USD": 7.1}): the
+    # margin report converts upstream cost with these and states them. CNY is always 1.
+    exchange_rates: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -639,9 +642,24 @@ def _site(r: _Reader) -> SiteConfig:
     if language not in SITE_LANGUAGES:
         raise r.error("default_language", f"must be one of {', '.join(SITE_LANGUAGES)}")
     site = SiteConfig(default_language=language, legal_dir=r.get("legal_dir", str, d.legal_dir),
-                      recommended_plan=r.get("recommended_plan", str, d.recommended_plan))
+                      recommended_plan=r.get("recommended_plan", str, d.recommended_plan),
+                      exchange_rates=_exchange_rates(r.sub("exchange_rates")))
     r.finish()
     return site
+
+
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+
+
+def _exchange_rates(r: _Reader) -> dict[str, float]:
+    """`[site.exchange_rates]`: ISO 4217 code -> yuan per unit, each greater than 0."""
+    rates: dict[str, float] = {}
+    for code in r.table:
+        if not _CURRENCY.match(code):
+            raise r.error(code, "must be an ISO 4217 currency code like USD")
+        rates[code] = r.positive(code, float, 1.0)
+    r.finish()
+    return rates
 
 
 def _database(r: _Reader, env: Mapping[str, str]) -> DatabaseConfig:

@@ -80,3 +80,29 @@ SELECT COUNT(*) AS total FROM audit_log;
 -- name: audit_of_target
 -- Entries about one user: the target is written as "user:<id> (<e-mail>)".
 SELECT * FROM audit_log WHERE target LIKE :prefix ORDER BY created_at DESC, id DESC LIMIT 50;
+
+-- name: margin_orders_paid
+-- Revenue: every order that was paid in the window (later refunds are subtracted apart).
+SELECT out_trade_no, plan, amount, paid_at FROM orders
+WHERE paid_at IS NOT NULL AND paid_at >= :since AND status IN ('paid', 'refunded')
+ORDER BY paid_at;
+
+-- name: margin_refunds_done
+-- Refunds paid out in the window, on the day Alipay confirmed them, under the order's plan.
+SELECT r.amount, r.done_at, o.plan FROM order_refunds r
+JOIN orders o ON o.out_trade_no = r.out_trade_no
+WHERE r.status = 'done' AND r.done_at IS NOT NULL AND r.done_at >= :since
+ORDER BY r.done_at;
+
+-- name: margin_cost_by_day_plan
+-- Upstream cost per UTC day, plan and currency. Rows written before usage_logs.plan
+-- existed (NULL) are counted under the user's plan of today and flagged as such.
+SELECT CAST(floor(l.created_at / 86400) AS INTEGER) AS day,
+       COALESCE(l.plan, s.plan, '') AS billed_plan,
+       CASE WHEN l.plan IS NULL THEN 1 ELSE 0 END AS plan_guessed,
+       l.currency AS currency, COUNT(*) AS requests, SUM(l.cost) AS cost
+FROM usage_logs l LEFT JOIN subscriptions s ON s.user_id = l.user_id
+WHERE l.created_at >= :since
+GROUP BY CAST(floor(l.created_at / 86400) AS INTEGER), COALESCE(l.plan, s.plan, ''),
+         CASE WHEN l.plan IS NULL THEN 1 ELSE 0 END, l.currency
+ORDER BY day;

@@ -57,10 +57,11 @@ LIMIT :limit;
 INSERT INTO usage_logs (request_id, user_id, key_id, client_model, provider, upstream_model,
     input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens,
     estimated, cost, currency, ttft_ms, tokens_per_second, duration_ms, stream, status,
-    error_type, created_at)
+    error_type, created_at, plan)
 VALUES (:request_id, :user_id, :key_id, :client_model, :provider, :upstream_model,
     :input_tokens, :output_tokens, 0, 0, 0, 0, :cost, :currency, :ttft_ms, :tokens_per_second,
-    :duration_ms, 1, :status, :error_type, :created_at);
+    :duration_ms, 1, :status, :error_type, :created_at,
+    (SELECT s.plan FROM subscriptions s WHERE s.user_id = :user_id));
 
 -- name: seed_subscription_charge
 UPDATE subscriptions

@@ -2,15 +2,17 @@
 
 -- name: usage_insert
 -- request_id is unique: a flush retried after a failed COMMIT, or a journal replayed after a
--- crash, can never write a request twice.
+-- crash, can never write a request twice. The plan is the user's when the row is written
+-- (the margin report's cost by plan).
 INSERT INTO usage_logs (request_id, user_id, key_id, client_model, provider, upstream_model,
     input_tokens, output_tokens, cache_read_tokens, cache_creation_tokens, thinking_tokens,
     estimated, cost, currency, ttft_ms, tokens_per_second, duration_ms, stream, status,
-    error_type, attempts, created_at, ingress)
+    error_type, attempts, created_at, ingress, plan)
 VALUES (:request_id, :user_id, :key_id, :client_model, :provider, :upstream_model,
     :input_tokens, :output_tokens, :cache_read_tokens, :cache_creation_tokens, :thinking_tokens,
     :estimated, :cost, :currency, :ttft_ms, :tokens_per_second, :duration_ms, :stream, :status,
-    :error_type, :attempts, :created_at, :ingress)
+    :error_type, :attempts, :created_at, :ingress,
+    (SELECT s.plan FROM subscriptions s WHERE s.user_id = :user_id))
 ON CONFLICT (request_id) DO NOTHING;
 
 -- name: usage_row_savepoint

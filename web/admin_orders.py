@@ -1,4 +1,4 @@
-"""The operator's money pages: orders with refunds, CSV exports, and one customer's page."""
+"""The operator's money pages: orders with refunds, the margin, CSV exports, one customer."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from aiohttp import web
 
 from gateway.accounts.users import AccountError
 from gateway.billing.payments import PAYMENTS, PaymentError
-from gateway.reports import admin, dashboard
+from gateway.config import CONFIG
+from gateway.reports import admin, dashboard, margin
 from web.guards import require_admin
 from web.i18n import _, translated
 from web.responses import client_ip, db_of, flash, form_data, int_param, redirect, render
@@ -105,6 +106,35 @@ async def export_usage(request: web.Request) -> web.Response:
                   r["thinking_tokens"], r["cache_read_tokens"],
                   r["cache_creation_tokens"], f"{r['cost']:.6f}", r["currency"]]
                  for r in rows])
+
+
+MARGIN_DAYS = (7, 30, 90, 365)
+
+
+async def _margin(request: web.Request) -> tuple[int, margin.MarginReport]:
+    days = int_param(request.query.get("days"), 30, 1, 366)
+    report = await margin.margin_report(db_of(request),
+                                        dict(request.app[CONFIG].site.exchange_rates), days)
+    return days, report
+
+
+async def margin_page(request: web.Request) -> web.Response:
+    """/admin/margin?days=N: revenue against upstream cost by plan and by day."""
+    await require_admin(request)
+    days, report = await _margin(request)
+    return await render(request, "pages/admin/margin.html", {
+        "report": report, "days": days, "choices": sorted({*MARGIN_DAYS, days}),
+        "yuan": margin.yuan_text})
+
+
+async def export_margin(request: web.Request) -> web.Response:
+    """/admin/export/margin.csv?by=day|plan&days=N: the page's table, plus a total row."""
+    await require_admin(request)
+    by = "plan" if request.query.get("by") == "plan" else "day"
+    _days, report = await _margin(request)
+    lines = report.plans if by == "plan" else list(reversed(report.days))
+    header = [h.format(by=by) for h in margin.CSV_HEADER]
+    return _csv(f"margin-by-{by}", header, margin.csv_rows([*lines, report.total]))
 
 
 async def user_page(request: web.Request) -> web.Response:

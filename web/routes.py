@@ -72,6 +72,8 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/admin/orders/{out_trade_no}/refund", admin_orders.refund_order)
     r.add_get("/admin/export/orders.csv", admin_orders.export_orders)
     r.add_get("/admin/export/usage.csv", admin_orders.export_usage)
+    r.add_get("/admin/margin", admin_orders.margin_page, name="admin_margin")
+    r.add_get("/admin/export/margin.csv", admin_orders.export_margin)
     # JSON for scripts
     r.add_get("/api/auth/csrf", api.auth_csrf)
     r.add_get("/api/auth/me", api.auth_me)
