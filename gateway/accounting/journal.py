@@ -9,13 +9,15 @@ An append-only file of JSON lines next to the database (`<db>.journal`):
 - `d` (done): the finished usage row, exactly as the recorder will insert it;
 - `c` (committed): those request ids are in the database (their `s`/`d` are dead).
 
-A background task hands the buffered lines to the kernel every `WRITE_INTERVAL` (a process
-killed with SIGKILL loses only what was not yet written: at most that interval) and fsyncs
-every `FSYNC_INTERVAL` (what a power loss can take). On start, `replay()` reads the file:
-every `d` without `c` is inserted (request ids are unique, so a row already written is
-skipped) and every `s` without `d` becomes a row with status `interrupted`, the input
-estimate and the output tokens last seen. The file is rewritten (compacted) to just the
-live entries once it passes `COMPACT_BYTES`.
+`s` and `d` lines reach the kernel at the end of the event-loop iteration that made them
+(one `write` per iteration, however many requests started or finished in it), so a process
+killed with SIGKILL loses none of them, whatever the load: a timer tick can be starved for
+seconds on a busy machine, an iteration's end cannot. A background task appends the `p`
+lines every `WRITE_INTERVAL` and fsyncs every `FSYNC_INTERVAL` (what a power loss can
+take). On start, `replay()` reads the file: every `d` without `c` is inserted (request ids
+are unique, so a row already written is skipped) and every `s` without `d` becomes a row
+with status `interrupted`, the input estimate and the output tokens last seen. The file is
+rewritten (compacted) to just the live entries once it passes `COMPACT_BYTES`.
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ class Journal:
         self._size = 0
         self._task: asyncio.Task[None] | None = None
         self._synced_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_pending = False
 
     # ---- the hot path: memory only ----
 
@@ -62,6 +66,7 @@ class Journal:
         entry = {"o": "s", "id": request_id, **entry}
         self._starts[request_id] = entry
         self._buffer.append(orjson.dumps(entry) + b"\n")
+        self._flush_soon()
 
     def track(self, request_id: str, progress: Progress) -> None:
         """Sample this call's progress on every write tick until it is done."""
@@ -75,6 +80,26 @@ class Journal:
         self._seen.pop(request_id, None)
         self._done[request_id] = row
         self._buffer.append(orjson.dumps({"o": "d", "row": row}) + b"\n")
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Write the buffer when this loop iteration ends (once, for all its entries)."""
+        if not self._flush_pending and self._loop is not None:
+            self._flush_pending = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if self._fd < 0 or not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        self._buffer.clear()
+        try:
+            os.write(self._fd, data)
+        except OSError:
+            self._buffer.insert(0, data)  # kept; the tick retries and logs
+            return
+        self._size += len(data)
 
     def committed(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
@@ -152,8 +177,8 @@ class Journal:
             return
         if self._buffer:
             data = b"".join(self._buffer)
+            os.write(self._fd, data)  # on OSError the buffer is kept for the next tick
             self._buffer.clear()
-            os.write(self._fd, data)
             self._size += len(data)
         now = time.monotonic()
         if now - self._synced_at >= FSYNC_INTERVAL:
@@ -171,6 +196,7 @@ class Journal:
                 log.exception("journal write failed; entries kept in memory")
 
     def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self.run(), name="usage-journal")
 
     async def stop(self) -> None:

@@ -8,9 +8,10 @@ last-used times, so rows and counters can never disagree.
 
 Promises (docs/limits.md):
 - a clean shutdown (SIGTERM, SIGINT) drains the queue: nothing is lost;
-- a hard kill (SIGKILL) loses nothing the journal had written: finished rows not yet in
-  SQLite are replayed on start, calls in flight become `interrupted` rows; what the kill
-  can take is the journal's last `journal.WRITE_INTERVAL` (20 ms) of entries;
+- a hard kill (SIGKILL) loses no upstream call: start and finish lines reach the kernel at
+  the end of the loop iteration that made them, finished rows not yet in SQLite are
+  replayed on start and calls in flight become `interrupted` rows (a call killed between
+  its last byte and its finish line is one of those);
 - the queue is bounded: at `MAX_PENDING` rows (the disk is stalled) admissions wait for
   room (`wait_for_room`) instead of piling rows up in memory;
 - one bad row cannot stop accounting: a batch that fails on a row's values is written

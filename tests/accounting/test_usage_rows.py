@@ -230,9 +230,10 @@ def test_kill_9_under_streamed_load_loses_no_upstream_call(tmp_path: Path, spawn
     lost = seen_by_clients - by_id.keys()
     interrupted = sum(1 for s in by_id.values() if s == "interrupted")
     print(f"\n[kill -9] {len(seen_by_clients)} requests finished for their clients, "
-          f"{len(lost)} of them without a row after restart (promise: none older than the "
-          f"journal's 20 ms write interval); {interrupted} interrupted rows for the 16+ cut "
-          f"streams; {dup} duplicates")
+          f"{len(lost)} of them without a row after restart (promise: none); "
+          f"{interrupted} interrupted rows for the 16+ cut streams; {dup} duplicates")
     assert dup == 0
     assert interrupted >= 16
-    assert len(lost) <= 8  # at most the requests finishing in the last write interval
+    # start and done lines reach the kernel at the end of the loop iteration that made them,
+    # before the upstream is even asked: a call the client saw has a row, whatever the load
+    assert not lost
