@@ -40,10 +40,13 @@ class ApiError(Exception):
     explicitly."""
 
     def __init__(self, error_type: str, message: str, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, limit: str | None = None) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
+        # which plan limit refused (LIMIT_* in gateway/accounting/limits.py), for ingresses
+        # whose protocol tells them apart (OpenAI: `insufficient_quota` vs rate limits)
+        self.limit = limit
         self.status = status if status is not None else STATUS_OF.get(error_type, 500)
         self.headers = headers or {}
         if not should_retry(self.status):

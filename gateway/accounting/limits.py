@@ -27,6 +27,11 @@ from gateway.store.base import Store
 WINDOW = 60.0  # seconds in the requests-per-minute window
 DAY = 86_400
 CONCURRENCY_RETRY_AFTER = 1  # seconds: a slot frees as soon as any request of the user ends
+# `ApiError.limit` of each refusal: the OpenAI ingress answers `insufficient_quota` (and no
+# retry) for a used-up quota, a retryable rate limit for the rest. A quota that is full only
+# because of reservations in flight frees when they settle, like a concurrency slot.
+LIMIT_RPM, LIMIT_RPD, LIMIT_CONCURRENCY = "rpm", "rpd", "concurrency"
+LIMIT_TOKENS, LIMIT_TOKENS_HELD = "monthly_tokens", "monthly_tokens_held"
 
 
 _iso_memo: dict[int, str] = {}
@@ -164,8 +169,11 @@ class MemoryCounters:
         quota.in_flight += 1
         quota.dirty = True
         self._key_in_flight[ask.key_id] = key_in_flight + 1
-        return Grant(ask.user_id, ask.key_id, reserved, max_tokens, quota.period_start,
-                     rate_headers(ask.rpm, len(window), reset_at))
+        granted = rate_headers(ask.rpm, len(window), reset_at)
+        if plan.monthly_tokens:
+            granted.update(token_headers(plan.monthly_tokens, quota.tokens_used,
+                                         quota.reserved, quota.period_end))
+        return Grant(ask.user_id, ask.key_id, reserved, max_tokens, quota.period_start, granted)
 
     @staticmethod
     def _reservation(ask: Ask, quota: UserQuota) -> tuple[int, int]:
@@ -274,6 +282,9 @@ def refusal(ask: Ask, fig: Figures, headers: dict[str, str], now: float) -> ApiE
     """The error for the first limit that refuses, most fundamental first (the same words
     whichever store counted)."""
     plan = ask.plan
+    if plan.monthly_tokens:
+        headers = {**headers, **token_headers(plan.monthly_tokens, fig.tokens_used,
+                                              fig.reserved, fig.period_end)}
     if plan.max_input_tokens and ask.input_estimate > plan.max_input_tokens:
         return ApiError(
             "invalid_request_error",
@@ -283,32 +294,40 @@ def refusal(ask: Ask, fig: Figures, headers: dict[str, str], now: float) -> ApiE
     if plan.monthly_tokens and fig.quota_short:
         held = f", {fig.reserved} more held by requests in flight" if fig.reserved else ""
         need = ask.input_estimate + min(ask.max_tokens, MIN_OUTPUT_TOKENS)
+        only_held = plan.monthly_tokens - fig.tokens_used >= need
         return _refused(
             f"monthly token quota exhausted: {fig.tokens_used} of {plan.monthly_tokens} "
             f"tokens used{held} on plan {plan.name!r}; this request needs at least {need} "
-            f"(about {ask.input_estimate} input tokens plus an answer); resets at "
-            f"{iso(fig.period_end)}", headers, fig.period_end, now)
+            f"(about {ask.input_estimate} input tokens plus an answer); "
+            + ("retry when a request in flight finishes" if only_held
+               else f"resets at {iso(fig.period_end)}"), headers,
+            now + CONCURRENCY_RETRY_AFTER if only_held else fig.period_end, now,
+            LIMIT_TOKENS_HELD if only_held else LIMIT_TOKENS)
     if plan.rpd and fig.requests_today >= plan.rpd:
         resets = fig.day + DAY
         return _refused(
             f"daily request limit reached: {fig.requests_today} of {plan.rpd} requests "
-            f"today on plan {plan.name!r}; resets at {iso(resets)}", headers, resets, now)
+            f"today on plan {plan.name!r}; resets at {iso(resets)}", headers, resets, now,
+            LIMIT_RPD)
     if ask.rpm and fig.window >= ask.rpm:
         return _refused(
             f"rate limit reached: {fig.window} of {ask.rpm} requests per minute"
             f"{' for this key' if ask.rpm_per_key else ''} on plan "
-            f"{plan.name!r}; resets at {iso(fig.reset_at)}", headers, fig.reset_at, now)
+            f"{plan.name!r}; resets at {iso(fig.reset_at)}", headers, fig.reset_at, now,
+            LIMIT_RPM)
     whose = "this account" if fig.in_flight >= plan.concurrency else "this key"
     running = max(fig.in_flight, fig.key_in_flight)
     return _refused(
         f"concurrency limit reached: {running} of {plan.concurrency} requests already "
         f"in flight for {whose} on plan {plan.name!r}; retry when one finishes",
-        headers, now + CONCURRENCY_RETRY_AFTER, now)
+        headers, now + CONCURRENCY_RETRY_AFTER, now, LIMIT_CONCURRENCY)
 
 
-def _refused(message: str, headers: dict[str, str], resets: float, now: float) -> ApiError:
+def _refused(message: str, headers: dict[str, str], resets: float, now: float,
+             limit: str) -> ApiError:
     retry = max(1, int(resets - now + 0.999))
-    return ApiError("rate_limit_error", message, headers={**headers, "retry-after": str(retry)})
+    return ApiError("rate_limit_error", message, headers={**headers, "retry-after": str(retry)},
+                    limit=limit)
 
 
 def rate_headers(limit: int, used: int, reset_at: float) -> dict[str, str]:
@@ -326,6 +345,15 @@ def rate_headers(limit: int, used: int, reset_at: float) -> dict[str, str]:
         "anthropic-ratelimit-requests-remaining": remaining,
         "anthropic-ratelimit-requests-reset": reset,
     }
+
+
+def token_headers(monthly_tokens: int, used: int, reserved: int,
+                  period_end: float) -> dict[str, str]:
+    """The monthly token quota under Anthropic's token rate-limit names: the limit, what is
+    left after settled usage and every reservation in flight, and the period's end."""
+    return {"anthropic-ratelimit-tokens-limit": str(monthly_tokens),
+            "anthropic-ratelimit-tokens-remaining": str(max(0, monthly_tokens - used - reserved)),
+            "anthropic-ratelimit-tokens-reset": iso(period_end)}
 
 
 LIMITS: web.AppKey[Counters | None] = web.AppKey("limits")

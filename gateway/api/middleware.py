@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import html
 import logging
+import time
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import paths
-from gateway.errors import ERROR_PAGE, ApiError, error_body
+from gateway.errors import ERROR_PAGE, ApiError, error_body, should_retry
 from gateway.ids import REQUEST_ID, new_id
 from gateway.paths import is_api_path
-from gateway.protocol.openai_errors import openai_error_body
+from gateway.protocol.openai_errors import openai_error_body, openai_error_headers
 
 log = logging.getLogger("llmapi.http")
 
@@ -30,10 +31,14 @@ def wants_openai_shape(request: web.Request) -> bool:
 
 def _json_error(status: int, error_type: str, message: str, request_id: str,
                 headers: dict[str, str] | None = None, openai: bool = False,
-                param: str | None = None) -> web.Response:
+                param: str | None = None, limit: str | None = None) -> web.Response:
     body = error_body(error_type, message)
+    headers = dict(headers or {})
     if openai:
-        status, body = openai_error_body(error_type, status, message, param)
+        status, body = openai_error_body(error_type, status, message, param, limit)
+        headers = openai_error_headers(headers, limit, time.time())
+    if not should_retry(status):  # also 404/405/413 raised by aiohttp, not as ApiError
+        headers.setdefault("x-should-retry", "false")
     response = web.Response(status=status, body=body,
                             content_type="application/json", headers=headers)
     response.headers["request-id"] = request_id
@@ -45,11 +50,11 @@ def _json_error(status: int, error_type: str, message: str, request_id: str,
 
 async def _error(request: web.Request, status: int, error_type: str, message: str,
                  request_id: str, headers: dict[str, str] | None = None,
-                 param: str | None = None) -> web.Response:
+                 param: str | None = None, limit: str | None = None) -> web.Response:
     """The JSON error for API paths, a friendly HTML page for everything else."""
     if is_api_path(request.path):
         return _json_error(status, error_type, message, request_id, headers,
-                           wants_openai_shape(request), param)
+                           wants_openai_shape(request), param, limit)
     render = request.app.get(ERROR_PAGE)
     response: web.Response | None = None
     if render is not None:
@@ -76,7 +81,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = await handler(request)
     except ApiError as exc:
         return await _error(request, exc.status, exc.error_type, exc.message, request_id,
-                             exc.headers, getattr(exc, "param", None))
+                             exc.headers, getattr(exc, "param", None), exc.limit)
     except web.HTTPRequestEntityTooLarge:
         limit = request.app._client_max_size
         return await _error(request, 413, "request_too_large",

@@ -42,6 +42,7 @@ from gateway.protocol.chat_to_anthropic import (
     chat_to_anthropic,
     validate_chat_request,
 )
+from gateway.protocol.openai_errors import openai_rate_headers
 from gateway.protocol.responses_to_chat import (
     ResponsesContext,
     for_openai_upstream,
@@ -203,7 +204,9 @@ async def _relay(request: web.Request, key: KeyInfo, plan: Plan, ingress: str,
     call = Call(body=body, client_model=plan.client_model, upstream_model="",
                 stream=plan.stream, request_id=request[REQUEST_ID], message_id=new_id("msg"),
                 input_estimate=estimate)
-    return await relay(request, key, call, admission, {**admission.headers, **extra_headers},
+    headers = admission.headers
+    return await relay(request, key, call, admission,
+                       {**headers, **openai_rate_headers(headers, time.time()), **extra_headers},
                        started, ingress, plan.send)
 
 

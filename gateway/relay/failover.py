@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -103,24 +105,45 @@ async def send_with_failover(call: Call, options: Sequence[Candidate],
     if last is None:
         raise ApiError("overloaded_error",
                        "every provider for this model is unavailable (circuit open); "
-                       "retry shortly")
+                       "retry shortly", headers=_overload_headers(options, breakers))
     refused = [e for e in last_of.values() if e.credentials]
     if refused and all(e.credentials for e in last_of.values()):
         raise ApiError("api_error", "; ".join(e.message for e in refused), status=502,
                        headers={"x-should-retry": "false"})
     if last.credentials:
         last = next(e for e in reversed(list(last_of.values())) if not e.credentials)
+    headers = _retry_headers(last)
+    if (last.client_status == 429 or last.client_status in OVERLOAD_STATUSES) \
+            and "retry-after" not in headers:
+        headers = _overload_headers(options, breakers)
     raise ApiError(last.error_type,
                    f"all upstream providers failed after {attempts} attempt(s); "
-                   f"last: {last.message}", status=last.client_status,
-                   headers=_retry_headers(last))
+                   f"last: {last.message}", status=last.client_status, headers=headers)
+
+
+# Overloaded / unavailable: the client is told when to come back (`retry-after`), as for 429
+# (an upstream 429 or 503 without its own `retry-after` gets the gateway's estimate).
+OVERLOAD_STATUSES = frozenset({503, 529})
 
 
 def _retry_headers(error: UpstreamError) -> dict[str, str]:
-    """The upstream's Retry-After for a 429 (Claude Code and the SDKs honour it)."""
-    if error.client_status == 429 and error.retry_after_header:
+    """The upstream's Retry-After for a 429, 503 or 529 (Claude Code and the SDKs honour
+    it)."""
+    if (error.client_status == 429 or error.client_status in OVERLOAD_STATUSES) \
+            and error.retry_after_header:
         return {"retry-after": error.retry_after_header}
     return {}
+
+
+def _overload_headers(options: Sequence[Candidate],
+                      breakers: dict[str, Breaker]) -> dict[str, str]:
+    """`retry-after` for "every provider is unavailable": when the first open circuit
+    half-opens again (a probe may then go through), at least 1 second."""
+    now = time.monotonic()
+    waits = [b.cooldown - (now - b.opened_at) for b in
+             (breakers.get(o.provider.name) for o in options) if b is not None and not b.usable]
+    wait = min(waits) if waits and len(waits) == len(options) else 1.0
+    return {"retry-after": str(max(1, math.ceil(wait)))}
 
 
 def _delay(routing: RoutingConfig, tries: int, last: UpstreamError | None) -> float:
