@@ -20,8 +20,15 @@ SELECT * FROM email_codes
 WHERE email = :email AND purpose = :purpose
 ORDER BY created_at DESC, id DESC LIMIT 1;
 
--- name: code_count_wrong
-UPDATE email_codes SET attempts = attempts + 1 WHERE id = :id;
+-- name: code_claim_attempt
+-- One check of the newest open code, claimed before the typed code is hashed
+-- (gateway/accounts/codes.py): counted only while attempts remain and the code is valid.
+UPDATE email_codes SET attempts = attempts + 1
+WHERE id = (SELECT id FROM email_codes
+            WHERE email = :email AND purpose = :purpose AND used_at IS NULL
+            ORDER BY created_at DESC, id DESC LIMIT 1)
+  AND attempts < :max_attempts AND expires_at >= :now
+RETURNING id, code_hash, attempts;
 
 -- name: code_mark_used
 UPDATE email_codes SET used_at = :now WHERE id = :id AND used_at IS NULL;
@@ -29,19 +36,72 @@ UPDATE email_codes SET used_at = :now WHERE id = :id AND used_at IS NULL;
 -- name: code_prune
 DELETE FROM email_codes WHERE expires_at < :before;
 
--- name: login_failure_insert
-INSERT INTO login_failures (email, ip, created_at) VALUES (:email, :ip, :now);
+-- name: login_attempt_claim
+-- One password check, claimed before it is made (gateway/accounts/throttle.py): the row is
+-- written only while every limit holds, in this one statement, so concurrent guesses
+-- cannot all pass a count taken before any of them was written. Beyond per_account
+-- failures the account is slowed, not locked: the next check waits `step` seconds more
+-- per failure after the latest one, at most `max_delay`.
+WITH p AS (
+    SELECT CAST(:now AS DOUBLE PRECISION) AS now, CAST(:since AS DOUBLE PRECISION) AS since,
+           CAST(:per_pair AS INTEGER) AS per_pair, CAST(:per_ip AS INTEGER) AS per_ip,
+           CAST(:per_account AS INTEGER) AS per_account
+), pair AS (
+    SELECT COUNT(*) AS n FROM login_failures, p
+    WHERE email = :email AND ip = :ip AND created_at >= p.since
+), client AS (
+    SELECT COUNT(*) AS n FROM login_failures, p WHERE ip = :ip AND created_at >= p.since
+), account AS (
+    SELECT n, latest, CASE WHEN (n - per_account + 1) * step < max_delay
+                           THEN (n - per_account + 1) * step ELSE max_delay END AS delay
+    FROM (SELECT COUNT(*) AS n, MAX(created_at) AS latest, p.per_account,
+                 CAST(:step AS INTEGER) AS step, CAST(:max_delay AS INTEGER) AS max_delay
+          FROM login_failures, p WHERE email = :email AND created_at >= p.since
+          GROUP BY p.per_account) AS counted
+)
+INSERT INTO login_failures (email, ip, created_at)
+SELECT :email, :ip, p.now FROM p, pair, client
+WHERE pair.n < p.per_pair AND client.n < p.per_ip
+  AND NOT EXISTS (SELECT 1 FROM account
+                  WHERE account.n >= p.per_account AND account.latest > p.now - account.delay)
+RETURNING id;
+
+-- name: login_attempt_wait
+-- How long until login_attempt_claim would succeed: the longest of the three waits
+-- (0 or less: now).
+WITH p AS (
+    SELECT CAST(:now AS DOUBLE PRECISION) AS now, CAST(:since AS DOUBLE PRECISION) AS since,
+           CAST(:window AS DOUBLE PRECISION) AS window_seconds,
+           CAST(:per_pair AS INTEGER) AS per_pair, CAST(:per_ip AS INTEGER) AS per_ip,
+           CAST(:per_account AS INTEGER) AS per_account, CAST(:step AS INTEGER) AS step,
+           CAST(:max_delay AS INTEGER) AS max_delay
+)
+SELECT MAX(wait) AS wait FROM (
+    SELECT CASE WHEN COUNT(*) >= p.per_pair THEN MIN(created_at) + p.window_seconds - p.now
+                ELSE 0 END AS wait
+    FROM login_failures, p WHERE email = :email AND ip = :ip AND created_at >= p.since
+    GROUP BY p.per_pair, p.window_seconds, p.now
+    UNION ALL
+    SELECT CASE WHEN COUNT(*) >= p.per_ip THEN MIN(created_at) + p.window_seconds - p.now
+                ELSE 0 END
+    FROM login_failures, p WHERE ip = :ip AND created_at >= p.since
+    GROUP BY p.per_ip, p.window_seconds, p.now
+    UNION ALL
+    SELECT CASE WHEN COUNT(*) < p.per_account THEN 0
+                WHEN (COUNT(*) - p.per_account + 1) * p.step < p.max_delay
+                THEN MAX(created_at) + (COUNT(*) - p.per_account + 1) * p.step - p.now
+                ELSE MAX(created_at) + p.max_delay - p.now END
+    FROM login_failures, p WHERE email = :email AND created_at >= p.since
+    GROUP BY p.per_account, p.step, p.max_delay, p.now
+) AS waits;
+
+-- name: login_attempt_succeeded
+-- The right password: its claim and this client's earlier failures on the account go.
+DELETE FROM login_failures WHERE id = :id OR (email = :email AND ip = :ip);
 
 -- name: login_failures_by_email
 SELECT COUNT(*) AS failures, MIN(created_at) AS oldest
 FROM login_failures WHERE email = :email AND created_at >= :since;
-
--- name: login_failures_by_ip
-SELECT COUNT(*) AS failures, MIN(created_at) AS oldest
-FROM login_failures WHERE ip = :ip AND created_at >= :since;
-
--- name: login_failures_clear_email
-DELETE FROM login_failures WHERE email = :email;
 
 -- name: login_failures_prune
 DELETE FROM login_failures WHERE created_at < :before;

@@ -69,21 +69,33 @@ async def seconds_until_resend(db: Store, email: str, purpose: str,
 
 async def check_code(db: Store, email: str, purpose: str, code: str,
                      now: float | None = None) -> None:
-    """Accept and use up the code, or raise `CodeError`. Each wrong guess is counted."""
+    """Accept and use up the code, or raise `CodeError`. Every check is counted.
+
+    The attempt is claimed first, in one statement (`code_claim_attempt`: add one to the
+    code's attempts only while they are below `MAX_ATTEMPTS` and it is unexpired and
+    unused), and only then is the typed code hashed: 200 guesses sent at once get
+    `MAX_ATTEMPTS` comparisons, not 200. A right code uses the code up, so of many
+    browsers sending it at once exactly one succeeds."""
     now = time.time() if now is None else now
-    row = await db.fetch_one("code_latest_active", {"email": email, "purpose": purpose})
+    async with db.transaction() as tx:
+        row = await tx.fetch_one("code_claim_attempt", {
+            "email": email, "purpose": purpose, "now": now, "max_attempts": MAX_ATTEMPTS})
     if row is None:
-        raise CodeError(CodeProblem.MISSING)
-    if row["expires_at"] < now:
-        raise CodeError(CodeProblem.EXPIRED)
-    if row["attempts"] >= MAX_ATTEMPTS:
-        raise CodeError(CodeProblem.LOCKED)
+        raise CodeError(await _why_refused(db, email, purpose, now))
+    left = MAX_ATTEMPTS - row["attempts"]
     code = "".join(code.split())
     matches = len(code) == 6 and code.isdigit() and await asyncio.to_thread(
         verify_password, code, row["code_hash"])
     if not matches:
-        await db.execute("code_count_wrong", {"id": row["id"]})
-        left = MAX_ATTEMPTS - row["attempts"] - 1
         raise CodeError(CodeProblem.LOCKED if left <= 0 else CodeProblem.WRONG, left)
     if not await db.execute("code_mark_used", {"id": row["id"], "now": now}):
         raise CodeError(CodeProblem.MISSING)  # used by a concurrent request a moment ago
+
+
+async def _why_refused(db: Store, email: str, purpose: str, now: float) -> CodeProblem:
+    row = await db.fetch_one("code_latest_active", {"email": email, "purpose": purpose})
+    if row is None:
+        return CodeProblem.MISSING
+    if row["expires_at"] < now:
+        return CodeProblem.EXPIRED
+    return CodeProblem.LOCKED

@@ -186,17 +186,19 @@ async def log_in(db: Store, throttle: LoginThrottle, email: str, password: str,
         email = clean_email(email)
     except SiteAccountError:
         raise SiteAccountError("wrong e-mail address or password", "password") from None
-    wait = await throttle.retry_after(email, ip)
-    if wait:
+    # The check is claimed before the scrypt hash (gateway/accounts/throttle.py), so a
+    # burst of guesses sent at once gets no more checks than the limits allow.
+    claim = await throttle.claim(email, ip)
+    if claim.retry_after:
         raise SiteAccountError("too many failed attempts; try again in %(wait)s",
-                               "password", retry_after=wait, wait=_duration(wait))
+                               "password", retry_after=claim.retry_after,
+                               wait=_duration(claim.retry_after))
     user = await db.fetch_one("user_by_email", {"email": email})
     stored = user["password_hash"] if user is not None and user["password_hash"] else ""
     ok = await asyncio.to_thread(verify_password, password, stored or _dummy_hash())
     if user is None or not stored or not ok:
-        await throttle.record_failure(email, ip)
         raise SiteAccountError("wrong e-mail address or password", "password")
-    await throttle.clear(email)
+    await throttle.succeeded(claim, email, ip)
     if user["status"] == "suspended":
         raise SiteAccountError("this account is suspended; contact the operator", "email")
     if user["status"] == "deleted":
