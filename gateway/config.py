@@ -709,27 +709,19 @@ def _remote(r: _Reader) -> RemoteConfig:
 
 
 def _alipay(r: _Reader, base_dir: Path) -> AlipayConfig:
-    from gateway.billing.alipay_sign import AlipayKeyError, load_private_key, load_public_key
-
+    """Paths only: the key files are read when the payment service opens
+    (`gateway.billing.alipay.read_keys`), so parsing a config touches no file."""
     d = AlipayConfig()
     app_id = r.get("app_id", str, "").strip()
     paths: dict[str, Path | None] = {}
-    for name, loader in (("private_key_path", load_private_key),
-                         ("alipay_public_key_path", load_public_key)):
+    for name in ("private_key_path", "alipay_public_key_path"):
         value = r.get(name, str, "")
         if not value:
             if app_id:
                 raise r.error(name, "must name a key file when app_id is set")
             paths[name] = None
             continue
-        path = Path(value) if Path(value).is_absolute() else base_dir / value
-        try:
-            loader(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise r.error(name, f"cannot be read: {exc.strerror}") from None
-        except (AlipayKeyError, UnicodeDecodeError) as exc:
-            raise r.error(name, f"{path} is not a usable key: {exc}") from None
-        paths[name] = path
+        paths[name] = Path(value) if Path(value).is_absolute() else base_dir / value
     alipay = AlipayConfig(
         app_id=app_id,
         private_key_path=paths["private_key_path"],

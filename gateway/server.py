@@ -12,7 +12,8 @@ import sys
 from aiohttp import web
 
 from gateway.app import build_app
-from gateway.config import Config
+from gateway.billing.alipay import read_keys
+from gateway.config import Config, ConfigError
 from gateway.store.factory import describe
 
 log = logging.getLogger("llmapi")
@@ -53,6 +54,15 @@ def check_data_dir(config: Config) -> None:
         raise StartupError(f"the database folder {folder} is not writable")
 
 
+def check_files(config: Config) -> None:
+    """Read the files the config names (the Alipay keys) once before the app starts, so a
+    bad one is one line and exit 2. The payment service reads them again when it opens;
+    a failure that late would leave the resources opened before it to the interpreter's
+    shutdown, which prints their tracebacks (aiohttp does not unwind a failed start-up)."""
+    if config.alipay.enabled:
+        read_keys(config.alipay, config.source)
+
+
 def next_steps(config: Config) -> str:
     """What to do after a zero-config start: a user, a key, and where to point the client."""
     base = f"http://{config.server.host}:{config.server.port}"
@@ -75,9 +85,12 @@ def serve(config: Config) -> int:
     configure_logging()
     try:
         check_data_dir(config)
+        check_files(config)
         return _run(config)
     except StartupError as exc:
         print(f"llmapi: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # a file the config names, read when its service opens
+        print(f"llmapi: config error: {exc}", file=sys.stderr)
     except OSError as exc:  # binding the port, reading a file the config names
         where = f"{config.server.host}:{config.server.port}"
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):

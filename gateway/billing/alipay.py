@@ -12,18 +12,21 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.billing.alipay_sign import (
+    AlipayKeyError,
     load_private_key,
     load_public_key,
     response_members,
     sign_params,
     verify_bytes,
 )
-from gateway.config import AlipayConfig
+from gateway.config import AlipayConfig, ConfigError
 
 log = logging.getLogger("llmapi.alipay")
 
@@ -77,20 +80,49 @@ def compact_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def read_keys(config: AlipayConfig,
+              source: str = "<config>") -> tuple[rsa.RSAPrivateKey, rsa.RSAPublicKey]:
+    """Both key files, read when the payment service opens (config parsing does no I/O);
+    a missing or unusable file is a `ConfigError` naming the key, one line at start."""
+
+    def read(name: str, path: Path | None) -> str:
+        if path is None:
+            raise ConfigError(source, f"alipay.{name}", "must name a key file when app_id "
+                                                         "is set")
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(source, f"alipay.{name}",
+                              f"{path} cannot be read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(source, f"alipay.{name}",
+                              f"{path} is not a usable key: not text") from None
+
+    private_text = read("private_key_path", config.private_key_path)
+    public_text = read("alipay_public_key_path", config.alipay_public_key_path)
+    try:
+        private = load_private_key(private_text)
+    except AlipayKeyError as exc:
+        raise ConfigError(source, "alipay.private_key_path",
+                          f"{config.private_key_path} is not a usable key: {exc}") from None
+    try:
+        public = load_public_key(public_text)
+    except AlipayKeyError as exc:
+        raise ConfigError(source, "alipay.alipay_public_key_path",
+                          f"{config.alipay_public_key_path} is not a usable key: {exc}"
+                          ) from None
+    return private, public
+
+
 class AlipayClient:
     """Signed calls to one Alipay gateway for one app."""
 
     def __init__(self, config: AlipayConfig, notify_url: str,
-                 http: aiohttp.ClientSession) -> None:
-        if config.private_key_path is None or config.alipay_public_key_path is None:
-            raise ValueError("Alipay needs both key files")
+                 http: aiohttp.ClientSession, source: str = "<config>") -> None:
         self.config = config
         self.notify_url = notify_url
         self._http = http
-        self._private_key = load_private_key(
-            config.private_key_path.read_text(encoding="utf-8"))
-        self.alipay_public_key = load_public_key(
-            config.alipay_public_key_path.read_text(encoding="utf-8"))
+        self._private_key, self.alipay_public_key = read_keys(config, source)
 
     def signed_params(self, method: str, biz: dict[str, Any],
                       notify_url: str | None = None) -> dict[str, str]:

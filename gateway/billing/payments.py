@@ -153,7 +153,7 @@ class Payments:
         http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
             total=config.alipay.timeout, connect=min(5.0, config.alipay.timeout)))
         try:
-            client = AlipayClient(config.alipay, config.alipay_notify_url, http)
+            client = AlipayClient(config.alipay, config.alipay_notify_url, http, config.source)
         except BaseException:
             await http.close()
             raise

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.billing.alipay import AlipayClient, AlipayError
+from gateway.billing.alipay import AlipayClient, AlipayError, read_keys
 from gateway.billing.alipay_sign import (
     AlipayKeyError,
     load_private_key,
@@ -30,6 +30,7 @@ from gateway.billing.alipay_sign import (
 )
 from gateway.config import ALIPAY_GATEWAY, AlipayConfig, ConfigError, parse_config
 from gateway.testing.fake_alipay import FakeAlipay, KeySet, new_key
+from tests.helpers.gateway import free_port, run_cli
 
 OPENSSL = shutil.which("openssl")
 
@@ -201,18 +202,56 @@ def test_alipay_config_defaults_and_derived_notify_url(openssl_keys: dict[str, P
 
 @pytest.mark.parametrize(("table", "key", "problem"), [
     ({"app_id": "1"}, "alipay.private_key_path", "must name a key file"),
-    ({"app_id": "1", "private_key_path": "missing.pem",
-      "alipay_public_key_path": "x"}, "alipay.private_key_path", "cannot be read"),
-    ({"app_id": "1", "private_key_path": "SPKI", "alipay_public_key_path": "SPKI"},
-     "alipay.private_key_path", "not a usable key"),
     ({"gateway_url": "ftp://x"}, "alipay.gateway_url", "http"),
     ({"order_timeout": 0}, "alipay.order_timeout", "greater than 0"),
     ({"app_key": "x"}, "alipay.app_key", "unknown key"),
 ])
-def test_alipay_config_mistakes_name_the_key(openssl_keys: dict[str, Path], tmp_path: Path,
-                                             table: dict[str, object], key: str,
-                                             problem: str) -> None:
-    table = {k: str(openssl_keys["spki"]) if v == "SPKI" else v for k, v in table.items()}
+def test_alipay_config_mistakes_name_the_key(tmp_path: Path, table: dict[str, object],
+                                             key: str, problem: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"alipay": table}, env={}, base_dir=tmp_path)
     assert caught.value.key == key and problem in caught.value.problem
+
+
+@pytest.mark.parametrize(("table", "key", "problem"), [
+    ({"private_key_path": "missing.pem", "alipay_public_key_path": "x"},
+     "alipay.private_key_path", "missing.pem cannot be read: No such file"),
+    ({"private_key_path": "PKCS1", "alipay_public_key_path": "missing.pem"},
+     "alipay.alipay_public_key_path", "cannot be read"),
+    ({"private_key_path": "SPKI", "alipay_public_key_path": "SPKI"},
+     "alipay.private_key_path", "not a usable key"),
+    ({"private_key_path": "PKCS1", "alipay_public_key_path": "PKCS1"},
+     "alipay.alipay_public_key_path", "not a usable key"),
+    ({"private_key_path": "BINARY", "alipay_public_key_path": "SPKI"},
+     "alipay.private_key_path", "not a usable key: not text"),
+])
+def test_key_files_are_read_when_the_service_opens(
+        openssl_keys: dict[str, Path], tmp_path: Path, table: dict[str, str], key: str,
+        problem: str) -> None:
+    """Parsing accepts any path (it reads no file); opening the client reads both and a
+    bad one is a ConfigError naming the key."""
+    binary = tmp_path / "binary.pem"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    files = {"SPKI": str(openssl_keys["spki"]), "PKCS1": str(openssl_keys["pkcs1"]),
+             "BINARY": str(binary)}
+    table = {k: files.get(v, v) for k, v in table.items()}
+    config = parse_config({"alipay": {"app_id": "1", **table}}, source="llmapi.toml", env={},
+                          base_dir=tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        read_keys(config.alipay, config.source)
+    assert caught.value.key == key and problem in caught.value.problem
+    assert str(caught.value).startswith("llmapi.toml: " + key)
+
+
+def test_a_bad_key_file_is_one_line_and_exit_2_at_start(tmp_path: Path) -> None:
+    (tmp_path / "app.pem").write_text("not a key\n")
+    file = tmp_path / "llmapi.toml"
+    file.write_text(f'[database]\npath = "{tmp_path / "x.db"}"\n[alipay]\napp_id = "1"\n'
+                    f'private_key_path = "{tmp_path / "app.pem"}"\n'
+                    f'alipay_public_key_path = "{tmp_path / "app.pem"}"\n', "utf-8")
+    done = run_cli("--port", str(free_port()), env={"LLMAPI_CONFIG": str(file)}, timeout=60)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("llmapi:")]
+    assert errors == [f"llmapi: config error: {file}: alipay.private_key_path: "
+                      f"{tmp_path / 'app.pem'} is not a usable key: neither PEM nor a "
+                      "base64 key body"], done.stderr

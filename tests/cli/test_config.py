@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,29 @@ def test_unknown_preset_and_missing_endpoint_are_config_errors() -> None:
         _one_provider({"name": "x", "preset": "nope"})
     with pytest.raises(ConfigError, match="no anthropic endpoint"):
         _one_provider({"name": "x", "preset": "openai", "protocol": "anthropic"})
+
+
+def test_parsing_touches_no_file(tmp_path: Path) -> None:
+    """Files the config names are read when their service opens, never while parsing:
+    every file-system audit event during `parse_config` of a config naming files (that do
+    not even exist) fails the test."""
+    data = {"database": {"path": "db/llmapi.db"},
+            "providers": [PROVIDER],
+            "alipay": {"app_id": "2021000000000000", "private_key_path": "nope/app.pem",
+                       "alipay_public_key_path": "/nonexistent/alipay.pem"}}
+    watched = ("open", "os.listdir", "os.scandir", "os.mkdir", "os.remove", "os.rename",
+               "os.chmod", "shutil.copyfile", "tempfile.mkstemp")
+    events: list[tuple[str, object]] = []
+    listening = [True]
+
+    def hook(event: str, args: tuple[object, ...]) -> None:
+        if listening[0] and event in watched:
+            events.append((event, args[0] if args else None))
+
+    sys.addaudithook(hook)  # hooks cannot be removed: this one goes quiet after the parse
+    try:
+        config = parse_config(data, env={}, base_dir=tmp_path)
+    finally:
+        listening[0] = False
+    assert events == []
+    assert config.alipay.private_key_path == tmp_path / "nope" / "app.pem"
