@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import sqlite3
 import sys
 import tempfile
@@ -285,19 +286,53 @@ async def check_count_tokens(r: Rig) -> Result:
     return count.input_tokens > 0, ""
 
 
+# What the fake upstream is told to report in `check_usage` (prompt total, cache hits, cache
+# writes), so every figure the gateway shows and stores can be compared with a known one.
+USAGE_PROBE = {"chunks": 7, "prompt_tokens": 5000, "cached_tokens": 1200,
+               "cache_creation_tokens": 300}
+
+
+def reported_usage(r: Rig, thinks: bool) -> tuple[int, int, int, int]:
+    """(input, output, cache read, cache creation) in Anthropic terms, as the vendor reports
+    USAGE_PROBE: vendors without cache figures on their OpenAI endpoint report neither hits
+    nor writes; only some report writes there; Anthropic endpoints report both, and their
+    `input_tokens` excludes both."""
+    vendor = VENDORS[r.vendor]
+    cached, created = USAGE_PROBE["cached_tokens"], USAGE_PROBE["cache_creation_tokens"]
+    if r.protocol == "openai":
+        if vendor.cache_style == "none":
+            cached = 0
+        if vendor.cache_style == "none" or not vendor.reports_cache_creation:
+            created = 0
+    output = USAGE_PROBE["chunks"] * (2 if thinks else 1)  # the vendor's thinking counts
+    return USAGE_PROBE["prompt_tokens"] - cached - created, output, cached, created
+
+
 async def check_usage(r: Rig) -> Result:
-    final = await final_of(r.sdk, claude_code_body('[[fake:{"chunks":7}]]',
-                                                   thinking={"type": "disabled"}))
-    pieces = 14 if r.thinks(await r.last_upstream()) else 7
-    usage = final.usage
-    if usage.output_tokens != pieces:
-        return False, f"output {usage.output_tokens}, upstream said {pieces}"
-    await r.gw.recorder.flush()
-    with sqlite3.connect(r.gw.db.path) as conn:
-        row = conn.execute("SELECT input_tokens, output_tokens, cache_read_tokens "
-                           "FROM usage_logs ORDER BY rowid DESC LIMIT 1").fetchone()
-    expected = (usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens or 0)
-    return tuple(row) == expected, "" if tuple(row) == expected else f"row {row}"
+    """Input, output, cache read and cache creation, stream and non-stream: what the client
+    is shown and what the usage row holds are exactly what the upstream reported."""
+    directive = "[[fake:" + json.dumps(USAGE_PROBE) + "]]"
+    for stream in (True, False):
+        body = claude_code_body(directive, thinking={"type": "disabled"})
+        if stream:
+            final = await final_of(r.sdk, body)
+        else:
+            final = await r.sdk.messages.create(**{**body, "max_tokens": 8000})
+        expected = reported_usage(r, r.thinks(await r.last_upstream()))
+        usage = final.usage
+        shown = (usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens or 0,
+                 usage.cache_creation_input_tokens or 0)
+        label = "stream" if stream else "non-stream"
+        if shown != expected:
+            return False, f"{label}: client shown {shown}, upstream reported {expected}"
+        await r.gw.recorder.flush()
+        with sqlite3.connect(r.gw.db.path) as conn:
+            row = conn.execute("SELECT input_tokens, output_tokens, cache_read_tokens, "
+                               "cache_creation_tokens FROM usage_logs "
+                               "ORDER BY rowid DESC LIMIT 1").fetchone()
+        if tuple(row) != expected:
+            return False, f"{label}: usage row {tuple(row)}, upstream reported {expected}"
+    return True, ""
 
 
 async def check_cache(r: Rig) -> Result:

@@ -65,6 +65,12 @@ Knobs (per request, and as server defaults)
                       inside the finish chunk, always) or ``none`` (no usage anywhere, also
                       not in non-stream bodies). The Anthropic endpoint always reports usage.
 ``cached_tokens``     report this many cached prompt tokens instead of the cache simulation.
+``prompt_tokens``     report this many prompt tokens instead of body bytes // 4 (so a test
+                      can compare the gateway's figures with known upstream ones).
+``cache_creation_tokens``  report this many prompt tokens as written to the cache: on the
+                      Anthropic endpoint as ``cache_creation_input_tokens``, on the OpenAI one
+                      only for vendors that report cache writes (DashScope's explicit cache:
+                      ``prompt_tokens_details.cache_creation_input_tokens``). Default 0.
 ``finish``            override the finish reason: ``stop``, ``length``, ``tool_calls``,
                       ``content_filter`` (Anthropic names ``end_turn``, ``max_tokens``,
                       ``tool_use``, ``refusal`` are accepted too and mapped).
@@ -265,6 +271,8 @@ class Script:
     break_after: int | None = None
     usage: str = "final"
     cached_tokens: int | None = None
+    prompt_tokens: int | None = None
+    cache_creation_tokens: int = 0
     finish: str | None = None
     queue_for: float = 0.0
     error_in_200: bool = False
@@ -385,6 +393,8 @@ _KNOBS: dict[str, Callable[[str, object], object]] = {
     "break_after": _opt_int,
     "usage": _usage,
     "cached_tokens": _opt_int,
+    "prompt_tokens": _opt_int,
+    "cache_creation_tokens": _int,
     "finish": _finish,
     "queue_for": _seconds,
     "error_in_200": _bool,
@@ -856,6 +866,7 @@ class Usage(NamedTuple):
     cached: int
     completion: int
     reasoning: int
+    created: int = 0  # prompt tokens written to the cache (part of `prompt`, not of `cached`)
 
     def openai(self, vendor: Vendor | None = None) -> dict[str, Any]:
         usage: dict[str, Any] = {
@@ -877,13 +888,15 @@ class Usage(NamedTuple):
             usage["cached_tokens"] = self.cached
         elif style == "none":
             del usage["prompt_tokens_details"]
+        if vendor is not None and vendor.reports_cache_creation and self.created:
+            usage["prompt_tokens_details"]["cache_creation_input_tokens"] = self.created
         return usage
 
     def anthropic(self, output_tokens: int) -> dict[str, Any]:
         return {
-            "input_tokens": self.prompt - self.cached,
+            "input_tokens": self.prompt - self.cached - self.created,
             "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0,
+            "cache_creation_input_tokens": self.created,
             "cache_read_input_tokens": self.cached,
         }
 
@@ -1377,11 +1390,13 @@ class FakeUpstream:
             answer = dataclasses.replace(answer, pieces=(*thoughts, *answer.pieces))
         if vendor is not None and (script.queue_for or script.error_in_200):
             return await self._vendor_special(request, protocol, script, answer, body, stream)
-        prompt = max(1, len(raw) // 4)
+        prompt = max(1, len(raw) // 4) if script.prompt_tokens is None else script.prompt_tokens
         cached = self.prefixes.cached_tokens(body, protocol, raw)
         if script.cached_tokens is not None:
             cached = script.cached_tokens
-        usage = Usage(prompt, min(cached, prompt), len(answer.pieces), answer.reasoning_tokens)
+        cached = min(cached, prompt)
+        usage = Usage(prompt, cached, len(answer.pieces), answer.reasoning_tokens,
+                      min(script.cache_creation_tokens, prompt - cached))
         model = str(body.get("model") or FAKE_MODELS[0])
         if stream:
             return await self._stream(request, protocol, script, answer, usage, model, body)
