@@ -38,7 +38,7 @@ from gateway.providers.demo import DemoProvider
 from gateway.providers.openai import OpenAIProvider
 from gateway.relay.breaker import BREAKERS, STATE_VALUE, Breaker
 from gateway.relay.health_checks import HEALTH, HealthChecker
-from gateway.remote.hub import REMOTE_HUB, RemoteHub, ViewerAuth
+from gateway.remote.hub import REMOTE_HUB, RemoteHub, Viewer, ViewerAuth
 from gateway.reports.health import STARTED_AT
 from gateway.store.base import DATABASE, Store
 from gateway.store.factory import open_store
@@ -229,22 +229,27 @@ async def gauges(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
-def signed_in_user_id(db: Store) -> ViewerAuth:
-    """The web session's user id, for the remote hub's viewer role."""
+def signed_in_viewer(db: Store) -> ViewerAuth:
+    """The web session's user and session epoch, for the remote hub's viewer role (the hub
+    closes the socket when the epoch moves on: password change, sign-out everywhere)."""
     async def load(user_id: int) -> Any:
         return await db.fetch_one("user_by_id", {"id": user_id})
 
-    async def viewer(request: web.Request) -> int | None:
+    async def viewer(request: web.Request) -> Viewer | None:
         user = await signed_in_user(request, load)
-        return user.id if user is not None else None
+        if user is None:
+            return None
+        row = await load(user.id)  # the epoch the sign-in was checked against
+        return Viewer(user.id, int(row["session_epoch"])) if row is not None else None
 
     return viewer
 
 
 async def remote_hub(app: web.Application) -> AsyncIterator[None]:
     config, db = app[CONFIG], app[DATABASE]
-    hub = app[REMOTE_HUB] = RemoteHub(db, app[KEY_CACHE], config.remote, config.public_url,
-                                      viewer_user=signed_in_user_id(db))
+    hub = app[REMOTE_HUB] = RemoteHub(
+        db, app[KEY_CACHE], config.remote, config.public_url, viewer_user=signed_in_viewer(db),
+        public_url_configured=bool(config.server.public_url), events=app[USER_EVENTS])
     interval = config.remote.sweep_interval
     try:
         async with running(app[JOBS].run("remote.sweep", interval, hub.sweep),

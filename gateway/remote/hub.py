@@ -3,9 +3,18 @@
 Who may connect, checked before the upgrade (a session id alone grants nothing):
 - the bridge (`?role=bridge`): an API key of the user who owns the session;
 - a viewer (`?role=viewer`): a signed-in web session of that same user, from a page of this
-  site (the Origin header must be the gateway's own).
+  site: the Origin header must be the origin of `[server] public_url` (when it is not set,
+  of the derived default or of the loopback address the connection arrived on), never the
+  request's own Host header, which a DNS-rebinding page controls.
 Refusals are plain HTTP: 401 unauthenticated, 403 wrong origin, 404 no such session for this
 user (existence is never revealed), 410 ended or expired.
+
+Credentials are checked for as long as a connection lives, not only at the upgrade: when
+the user changes (the key cache sees every change to a key, user or subscription row
+within a second, on every instance, also those made by another instance or the CLI) the
+hub closes, with code 4401, the user's bridges whose key was revoked and every connection
+of a user who was suspended or deleted or whose sign-in sessions were ended (password
+change, sign-out everywhere). A bridge whose key still works may connect again.
 
 Messages are JSON text frames: `{"type":"output","data":B64}` bridge -> viewers,
 `{"type":"input","data":B64}` and `{"type":"resize","cols":C,"rows":R}` viewer -> bridge,
@@ -15,9 +24,9 @@ output are replayed to a viewer that joins late. Frames over `max_message_bytes`
 connections sending faster than `messages_per_second`, are closed. Heartbeats close dead
 connections; every connection's end is recorded with its reason.
 
-The hub keeps its rooms in this process. With several gateway instances a bridge and its
-viewer may land on different ones; docs/scale-out.md describes the Redis fan-out that
-solves it.
+Membership and fan-out are behind the `Rooms` seam (gateway/remote/rooms.py). With several
+instances both ends of a session reach the same one because the balancer hashes the
+session id (deploy/haproxy.cfg).
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,8 +46,11 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway.accounting.keycache import KeyCache, api_key_from
+from gateway.accounts.users import hash_key
 from gateway.config import RemoteConfig
 from gateway.errors import ApiError
+from gateway.events import UserChanged, UserEvents
+from gateway.remote.rooms import LocalRooms, Rooms, send_all
 from gateway.remote.sessions import (
     RemoteSession,
     connection_closed,
@@ -55,9 +67,29 @@ log = logging.getLogger("llmapi.remote")
 
 CLOSE_ENDED = 4410     # the session ended or expired: a bridge should exit
 CLOSE_REPLACED = 4000  # another bridge took over this session
+CLOSE_REVOKED = 4401   # the credentials it connected with no longer hold
 HEARTBEAT = 20.0
 
-ViewerAuth = Callable[[web.Request], Awaitable[int | None]]
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """A signed-in viewer: the user and the session epoch their sign-in carries."""
+
+    user_id: int
+    epoch: int
+
+
+ViewerAuth = Callable[[web.Request], Awaitable[Viewer | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """Who one live connection belongs to, to check its credentials again later."""
+
+    session_id: str
+    user_id: int
+    role: str
+    key_hash: str = ""  # bridge: the API key it connected with (its SHA-256)
+    epoch: int = 0      # the user's session epoch when it connected
 
 
 class TokenBucket:
@@ -79,35 +111,26 @@ class TokenBucket:
         return True
 
 
-@dataclass
-class Room:
-    """The live side of one remote session."""
-
-    session_id: str
-    bridge: web.WebSocketResponse | None = None
-    viewers: set[web.WebSocketResponse] = field(default_factory=set)
-    buffer: bytearray = field(default_factory=bytearray)
-
-    def status(self) -> bytes:
-        return orjson.dumps({"type": "status", "bridge": self.bridge is not None,
-                             "viewers": len(self.viewers)})
-
-
 class RemoteHub:
     def __init__(self, db: Store, keys: KeyCache, config: RemoteConfig, public_url: str,
-                 viewer_user: ViewerAuth) -> None:
+                 viewer_user: ViewerAuth, *, public_url_configured: bool = True,
+                 events: UserEvents | None = None, rooms: Rooms | None = None) -> None:
         self.db = db
         self.keys = keys
         self.config = config
         self.public_url = public_url
+        self.public_url_configured = public_url_configured
         self.viewer_user = viewer_user
-        self.rooms: dict[str, Room] = {}
+        self.rooms: Rooms = rooms or LocalRooms(config.buffer_bytes)
+        self.members: dict[web.WebSocketResponse, Member] = {}
         self._closed_because: dict[web.WebSocketResponse, str] = {}  # closed by the hub
+        self._checks: set[asyncio.Task[int]] = set()
+        if events is not None:
+            events.subscribe(self._user_changed)
 
     def bridge_connected(self, session_id: str) -> bool:
         """Whether a bridge is connected to this session right now (for the pages)."""
-        room = self.rooms.get(session_id)
-        return room is not None and room.bridge is not None and not room.bridge.closed
+        return self.rooms.bridge_connected(session_id)
 
     # ---- connection -------------------------------------------------------------------
 
@@ -116,8 +139,9 @@ class RemoteHub:
         session_id = request.query.get("session", "")
         if role not in ("bridge", "viewer") or not session_id:
             raise web.HTTPBadRequest(text="need ?role=bridge|viewer&session=ID")
-        user_id = await (self._bridge_user(request) if role == "bridge"
-                         else self._viewer_user(request))
+        member = await (self._bridge_member(request, session_id) if role == "bridge"
+                        else self._viewer_member(request, session_id))
+        user_id = member.user_id
         session = await owned_session(self.db, session_id, user_id)
         if session is None:
             raise web.HTTPNotFound(text="no such remote session")
@@ -127,20 +151,21 @@ class RemoteHub:
         ws = web.WebSocketResponse(heartbeat=HEARTBEAT, max_msg_size=self.config.max_message_bytes)
         await ws.prepare(request)
         connection = await connection_opened(self.db, session_id, user_id, role)
-        room = self.rooms.setdefault(session_id, Room(session_id))
+        self.members[ws] = member
         reason = "closed"
         try:
             if role == "bridge":
-                await self._join_bridge(room, ws, session)
-                reason = await self._relay(ws, room, self._from_bridge)
+                await self._join_bridge(session_id, ws, session)
+                reason = await self._relay(ws, session_id, self._from_bridge)
             else:
-                await self._join_viewer(room, ws)
-                reason = await self._relay(ws, room, self._from_viewer)
+                await self.rooms.join_viewer(session_id, ws)
+                reason = await self._relay(ws, session_id, self._from_viewer)
         except asyncio.CancelledError:
             reason = "server shutting down"
             raise
         finally:
-            await self._leave(room, ws, role)
+            self.members.pop(ws, None)
+            await self.rooms.leave(session_id, ws)
             reason = self._closed_because.pop(ws, reason)
             if ws.close_code == WSCloseCode.ABNORMAL_CLOSURE and reason == "closed":
                 reason = "connection lost"
@@ -152,54 +177,48 @@ class RemoteHub:
                             reason, exc_info=True)
         return ws
 
-    async def _bridge_user(self, request: web.Request) -> int:
+    async def _bridge_member(self, request: web.Request, session_id: str) -> Member:
+        raw = api_key_from(request)
         try:
-            key = await self.keys.authenticate(api_key_from(request))
+            key = await self.keys.authenticate(raw)
         except ApiError as exc:
             raise web.HTTPUnauthorized(text=exc.message) from None
-        return key.user_id
+        row = await self.db.fetch_one("user_by_id", {"id": key.user_id})
+        epoch = int(row["session_epoch"]) if row is not None else 0
+        return Member(session_id, key.user_id, "bridge", hash_key(raw or ""), epoch)
 
-    async def _viewer_user(self, request: web.Request) -> int:
+    async def _viewer_member(self, request: web.Request, session_id: str) -> Member:
         origin = request.headers.get("Origin")
         if not origin or not self._same_site(origin, request):
             raise web.HTTPForbidden(text="cross-site WebSocket refused")
-        user_id = await self.viewer_user(request)
-        if user_id is None:
+        viewer = await self.viewer_user(request)
+        if viewer is None:
             raise web.HTTPUnauthorized(text="sign in first")
-        return user_id
+        return Member(session_id, viewer.user_id, "viewer", epoch=viewer.epoch)
 
     def _same_site(self, origin: str, request: web.Request) -> bool:
-        allowed = {_origin(self.public_url), f"{request.scheme}://{request.host}"}
+        """The Origin must be this site's: `public_url`'s origin. Without a configured
+        `public_url`, also the literal address the connection arrived on (the local
+        socket, not the Host header: a DNS-rebinding page sets Host to its own name)."""
+        allowed = {_origin(self.public_url)}
+        if not self.public_url_configured:
+            local = request.transport.get_extra_info("sockname") if request.transport else None
+            if isinstance(local, tuple) and len(local) >= 2:
+                host = f"[{local[0]}]" if ":" in str(local[0]) else str(local[0])
+                allowed.add(f"{request.scheme}://{host}:{local[1]}")
         return origin.rstrip("/") in allowed
 
-    async def _join_bridge(self, room: Room, ws: web.WebSocketResponse,
+    async def _join_bridge(self, session_id: str, ws: web.WebSocketResponse,
                            session: RemoteSession) -> None:
-        old, room.bridge = room.bridge, ws
+        old = await self.rooms.join_bridge(session_id, ws)
         if old is not None and not old.closed:
             self._closed_because[old] = "replaced by a new bridge"
             await old.close(code=CLOSE_REPLACED, message=b"another bridge took over")
         if session.status != "connected":
-            await set_status(self.db, room.session_id, "connected")
-        await self._broadcast(room, room.status())
+            await set_status(self.db, session_id, "connected")
 
-    async def _join_viewer(self, room: Room, ws: web.WebSocketResponse) -> None:
-        room.viewers.add(ws)
-        if room.buffer:
-            await ws.send_bytes(orjson.dumps({"type": "output", "data": base64.b64encode(
-                bytes(room.buffer)).decode()}))
-        await self._broadcast(room, room.status())
-
-    async def _leave(self, room: Room, ws: web.WebSocketResponse, role: str) -> None:
-        if role == "bridge" and room.bridge is ws:
-            room.bridge = None
-        room.viewers.discard(ws)
-        if room.bridge is None and not room.viewers and not room.buffer:
-            self.rooms.pop(room.session_id, None)
-        else:
-            await self._broadcast(room, room.status())
-
-    async def _relay(self, ws: web.WebSocketResponse, room: Room,
-                     handle: Callable[[Room, web.WebSocketResponse, dict[str, Any]],
+    async def _relay(self, ws: web.WebSocketResponse, session_id: str,
+                     handle: Callable[[str, web.WebSocketResponse, dict[str, Any]],
                                       Awaitable[None]]) -> str:
         """Read frames until the connection ends; returns why it ended."""
         bucket = TokenBucket(self.config.messages_per_second)
@@ -215,7 +234,7 @@ class RemoteHub:
                 data = orjson.loads(msg.data)
                 if not isinstance(data, dict):
                     raise ValueError("not an object")
-                await handle(room, ws, data)
+                await handle(session_id, ws, data)
             except (ValueError, KeyError, TypeError, binascii.Error) as exc:
                 await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"bad message")
                 return f"bad message: {exc}"
@@ -223,26 +242,66 @@ class RemoteHub:
             return "message too big"
         return "closed"
 
+    # ---- credentials that stop holding ------------------------------------------------
+
+    def _user_changed(self, event: UserChanged) -> None:
+        """Called on the user-changed bus (synchronously): check that user's connections
+        in a task of their own."""
+        if not any(m.user_id == event.user_id for m in self.members.values()):
+            return
+        task = asyncio.get_running_loop().create_task(self.recheck_user(event.user_id))
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def recheck_user(self, user_id: int) -> int:
+        """Close the user's connections whose credentials no longer hold; how many."""
+        mine = [(ws, m) for ws, m in list(self.members.items()) if m.user_id == user_id]
+        if not mine:
+            return 0
+        try:
+            user = await self.db.fetch_one("user_by_id", {"id": user_id})
+        except Exception:  # the database is away: check again at the next change
+            log.warning("cannot re-check remote connections of user %s", user_id,
+                        exc_info=True)
+            return 0
+        closed = 0
+        for ws, member in mine:
+            why = await self._no_longer_allowed(member, user)
+            if why and not ws.closed:
+                self._closed_because[ws] = why
+                await send_all([ws], orjson.dumps({"type": "status", "ended": False,
+                                                   "revoked": True, "reason": why}))
+                await ws.close(code=CLOSE_REVOKED, message=why.encode()[:120])
+                closed += 1
+        return closed
+
+    async def _no_longer_allowed(self, member: Member, user: Any) -> str:
+        if user is None or user["status"] != "active":
+            return "account suspended" if user is not None else "account deleted"
+        if int(user["session_epoch"]) != member.epoch:
+            return "signed out everywhere (password changed or sessions ended)"
+        if member.role == "bridge":
+            key = await self.db.fetch_one("key_auth_by_hash", {"key_hash": member.key_hash})
+            if key is None or key["revoked_at"] is not None:
+                return "API key revoked"
+        return ""
+
     # ---- messages ---------------------------------------------------------------------
 
-    async def _from_bridge(self, room: Room, ws: web.WebSocketResponse,
+    async def _from_bridge(self, session_id: str, ws: web.WebSocketResponse,
                            data: dict[str, Any]) -> None:
         kind = data["type"]
         if kind == "output":
             raw = base64.b64decode(data["data"], validate=True)
-            room.buffer += raw
-            overflow = len(room.buffer) - self.config.buffer_bytes
-            if overflow > 0:
-                del room.buffer[:overflow]
             frame = orjson.dumps({"type": "output", "data": data["data"]})
-            await self._send_all(room.viewers, frame)
+            await self.rooms.output(session_id, raw, frame)
         elif kind == "status" and data.get("state") == "exited":
             # shielded: ending closes this very connection, which cancels this handler
-            await asyncio.shield(self.end(room.session_id, "the terminal exited"))
+            await asyncio.shield(self.end(session_id, "the terminal exited"))
         elif kind == "ping":
             await ws.send_bytes(b'{"type":"pong"}')
 
-    async def _from_viewer(self, room: Room, ws: web.WebSocketResponse,
+    async def _from_viewer(self, session_id: str, ws: web.WebSocketResponse,
                            data: dict[str, Any]) -> None:
         kind = data["type"]
         if kind == "input":
@@ -258,21 +317,7 @@ class RemoteHub:
             return
         else:
             raise ValueError(f"unknown message type {kind!r}")
-        if room.bridge is not None and not room.bridge.closed:
-            await room.bridge.send_bytes(frame)
-
-    async def _broadcast(self, room: Room, frame: bytes) -> None:
-        targets = set(room.viewers)
-        if room.bridge is not None:
-            targets.add(room.bridge)
-        await self._send_all(targets, frame)
-
-    @staticmethod
-    async def _send_all(targets: set[web.WebSocketResponse], frame: bytes) -> None:
-        for target in list(targets):
-            if not target.closed:
-                with contextlib.suppress(ConnectionError):
-                    await target.send_bytes(frame)
+        await self.rooms.to_bridge(session_id, frame)
 
     # ---- ending -----------------------------------------------------------------------
 
@@ -283,12 +328,8 @@ class RemoteHub:
 
     async def _close_room(self, session_id: str, reason: str, status: str) -> None:
         """Tell this instance's connections to a session that it ended, and close them."""
-        room = self.rooms.pop(session_id, None)
-        if room is None:
-            return
         frame = orjson.dumps({"type": "status", "ended": True, "reason": reason})
-        connections = [*room.viewers, *([room.bridge] if room.bridge else [])]
-        for ws in connections:
+        for ws in self.rooms.close_room(session_id):
             if not ws.closed:
                 self._closed_because[ws] = f"session {status}: {reason}"
                 with contextlib.suppress(ConnectionError):
@@ -305,7 +346,7 @@ class RemoteHub:
         """Close this instance's rooms whose session ended elsewhere (the sweep on the
         lease holder, an End pressed on another instance). Every instance runs it."""
         closed = 0
-        for session_id in list(self.rooms):
+        for session_id in self.rooms.session_ids():
             session = await get_session(self.db, session_id)
             if session is None or not session.is_open:
                 status = session.status if session is not None else "ended"
@@ -323,10 +364,11 @@ class RemoteHub:
                 log.exception("remote room check failed")
 
     async def close_all(self) -> None:
-        for room in list(self.rooms.values()):
-            for ws in [*room.viewers, *([room.bridge] if room.bridge else [])]:
+        for task in list(self._checks):
+            task.cancel()
+        for session_id in self.rooms.session_ids():
+            for ws in self.rooms.close_room(session_id):
                 await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
-        self.rooms.clear()
 
 
 def _origin(url: str) -> str:

@@ -189,7 +189,7 @@ async def test_page_opened_before_the_bridge_waits_reconnects_and_stops_when_end
         await page.press("#term-line-text", "Enter")
         await wait_for_text(page, r"(?m)^before-the-drop$")
 
-        room = site.remote.rooms[session.id]
+        room = site.remote.rooms.rooms[session.id]  # LocalRooms: this process's rooms
         for viewer in list(room.viewers):  # e.g. a proxy restarting, a phone changing network
             await viewer.close(code=1012, message=b"restarting")
         await expect(status).to_have_attribute("data-state", "connected", timeout=10_000)
@@ -213,7 +213,7 @@ async def test_page_opened_before_the_bridge_waits_reconnects_and_stops_when_end
         await expect(page.locator(".term-end")).to_be_hidden()
         await screenshot(page, "remote-terminal-ended-desktop")
         await asyncio.sleep(1.5)  # longer than the first reconnect delays
-        assert session.id not in site.remote.rooms  # nobody came back
+        assert session.id not in site.remote.rooms.session_ids()  # nobody came back
         assert await asyncio.wait_for(bridge.wait(), 10) == 0
         watch.check()
     finally:

@@ -286,8 +286,7 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
 
 async def wait_bridge(gw: Gateway, session_id: str, proc: asyncio.subprocess.Process) -> None:
     for _ in range(200):
-        room = gw.remote.rooms.get(session_id)
-        if room is not None and room.bridge is not None:
+        if gw.remote.bridge_connected(session_id):
             return
         if proc.returncode is not None:
             assert proc.stderr is not None
