@@ -52,7 +52,9 @@ from web.site import setup_site
 def build_app(config: Config) -> web.Application:
     """The whole gateway as one aiohttp application (used by `serve` and by tests)."""
     app = web.Application(middlewares=[errors_middleware],
-                          client_max_size=config.server.max_body_bytes)
+                          client_max_size=config.server.max_body_bytes,
+                          # compressed request bodies are refused, never inflated (415)
+                          handler_args={"auto_decompress": False})
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle()  # serving or draining: /health/ready

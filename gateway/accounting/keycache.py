@@ -132,11 +132,20 @@ KEY_CACHE = web.AppKey("key_cache", KeyCache)
 
 
 def api_key_from(request: web.Request) -> str | None:
-    """The key a client sent: `x-api-key` (Anthropic SDKs) or `Authorization: Bearer`."""
+    """The key a client sent: `x-api-key` (Anthropic SDKs) or `Authorization: Bearer`.
+
+    Keys are printable ASCII; anything else (aiohttp hands undecodable header bytes over as
+    surrogates, which cannot even be hashed) is refused here as a wrong key."""
     key = request.headers.get("x-api-key")
-    if key:
-        return key.strip()
-    auth = request.headers.get("Authorization", "")
-    if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    return None
+    header = "x-api-key"
+    if not key:
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:] if auth[:7].lower() == "bearer " else None
+        header = "Authorization"
+    if key is None:
+        return None
+    key = key.strip()
+    if not (key.isascii() and key.isprintable()):
+        raise ApiError("authentication_error",
+                       f"{header}: the API key must be printable ASCII (sk-llmapi-...)")
+    return key

@@ -27,6 +27,7 @@ from gateway.config import CONFIG
 from gateway.errors import ApiError, invalid_request
 from gateway.ids import REQUEST_ID, new_id
 from gateway.metrics import METRICS
+from gateway.protocol.json_depth import depth_message, too_deep
 from gateway.protocol.openai_request import validate_anthropic_request
 from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.protocol.usage import Usage
@@ -250,6 +251,8 @@ def parse_request(raw: bytes, count_only: bool = False) -> dict[str, Any]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise invalid_request(f"malformed JSON body: {exc}") from None
+    if too_deep(raw, body):
+        raise invalid_request(depth_message())
     if count_only and isinstance(body, dict) and "max_tokens" not in body:
         body = {**body, "max_tokens": 1}  # count_tokens takes no max_tokens
     problem = validate_anthropic_request(body)

@@ -42,6 +42,8 @@ def _json_error(status: int, error_type: str, message: str, request_id: str,
     response = web.Response(status=status, body=body,
                             content_type="application/json", headers=headers)
     response.headers["request-id"] = request_id
+    if not should_retry(status):  # 413, 405, 404 ...: the SDKs must not retry them
+        response.headers.setdefault("x-should-retry", "false")
     return response
 
 
@@ -73,11 +75,27 @@ async def _error(request: web.Request, status: int, error_type: str, message: st
     return response
 
 
+def refuse_encoded_body(request: web.Request) -> None:
+    """415 for any request body with a Content-Encoding (RFC 9110 section 15.5.16).
+
+    No client of the gateway compresses its requests, and inflating one is how 1 MB of
+    gzip becomes 1 GiB in memory while the loop stalls; aiohttp's own inflation is off
+    (`auto_decompress=False` in app.py), so the body is never inflated, only refused."""
+    encoding = request.headers.get("Content-Encoding")
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return
+    raise ApiError("invalid_request_error",
+                   f"Content-Encoding {encoding.strip()[:40]!r} is not accepted: send the "
+                   "request body uncompressed", status=415,
+                   headers={"Accept-Encoding": "identity"})
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = new_id("req")
     request[REQUEST_ID] = request_id
     try:
+        refuse_encoded_body(request)
         response = await handler(request)
     except ApiError as exc:
         return await _error(request, exc.status, exc.error_type, exc.message, request_id,

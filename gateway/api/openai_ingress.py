@@ -42,6 +42,7 @@ from gateway.protocol.chat_to_anthropic import (
     chat_to_anthropic,
     validate_chat_request,
 )
+from gateway.protocol.json_depth import depth_message, too_deep
 from gateway.protocol.openai_errors import openai_rate_headers
 from gateway.protocol.responses_to_chat import (
     ResponsesContext,
@@ -49,8 +50,9 @@ from gateway.protocol.responses_to_chat import (
     responses_to_chat,
 )
 from gateway.protocol.token_estimate import estimate_input_tokens
-from gateway.providers.base import Call, Provider, Reply, UpstreamError
-from gateway.providers.http import read_body
+from gateway.protocol.upstream_checks import chat_completion_problem
+from gateway.providers.base import Call, Provider, Reply
+from gateway.providers.http import malformed_answer, read_body
 from gateway.providers.openai import OpenAIProvider
 
 DROPPED_TOOLS_HEADER = "x-llmapi-dropped-tools"
@@ -74,9 +76,12 @@ def _parse(raw: bytes) -> Any:
     if not raw:
         raise ParamError("request body is empty; send a JSON object", None)
     try:
-        return orjson.loads(raw)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ParamError(f"malformed JSON body: {exc}", None) from None
+    if too_deep(raw, body):
+        raise ParamError(depth_message(), None)
+    return body
 
 
 class Plan:
@@ -155,12 +160,11 @@ class Plan:
                 try:
                     completion = orjson.loads(raw)
                 except orjson.JSONDecodeError:
-                    completion = None
-                if not isinstance(completion, dict) or "choices" not in completion:
-                    raise UpstreamError(provider.config.name, "bad_json",
-                                        f"upstream provider {provider.config.name} sent no "
-                                        "chat completion", client_status=502,
-                                        error_type="api_error", retryable=True)
+                    raise malformed_answer(provider.config.name, "the answer is not JSON") \
+                        from None
+                problem = chat_completion_problem(completion)
+                if problem is not None:
+                    raise malformed_answer(provider.config.name, problem)
                 return chat_upstream_body(completion, raw, responses)
             stream = ChatUpstreamStream(response, provider.config.name, self.sink(),
                                         call.input_estimate)

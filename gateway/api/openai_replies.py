@@ -91,6 +91,8 @@ class ResponsesSink:
         return b"" if self.conv.started else self.conv.start()
 
     def feed(self, pairs: list[Pair]) -> bytes:
+        if not pairs:  # nothing from the upstream yet: failover is still possible
+            return b""
         head = self._start()
         return head + self.conv.feed([chunk for _, chunk in pairs])
 

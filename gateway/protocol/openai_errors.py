@@ -70,7 +70,7 @@ def openai_error_fields(error_type: str, status: int,
     if error_type == "invalid_request_error" and status not in (400, 422):
         new_status = status  # 405 method, 415 media type, ...: the status says it better
     elif error_type == "api_error" and status > 500:
-        new_status = status  # 502: an upstream refused the gateway's own key
+        new_status = status  # 502/504: an upstream refused our key, broke or went silent
     return new_status, kind, code
 
 

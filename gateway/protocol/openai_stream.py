@@ -234,7 +234,7 @@ class OpenAIStreamConverter:
                 self._on_finish(finish_reason)
                 if self._done:
                     return
-        if usage:
+        if usage and isinstance(usage, dict):  # a list or a string is no usage at all
             self._upstream_usage = usage
             # finish_chunk_with_content_and_usage: usage in (or after) the finish chunk ends
             # the message at once; usage before it (continuous usage stats) only updates.

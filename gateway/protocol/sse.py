@@ -22,6 +22,18 @@ _CR = 0x0D
 _COLON = 0x3A
 
 
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+"""The largest event a parser buffers (a whole tool call's arguments fit many times over);
+an upstream that never ends an event is cut here instead of growing memory to its size."""
+
+
+class SSEEventTooLarge(ValueError):
+    """The stream went on for `MAX_EVENT_BYTES` without ending an event."""
+
+    def __init__(self, limit: int = MAX_EVENT_BYTES) -> None:
+        super().__init__(f"an SSE event longer than {limit} bytes (no blank line ended it)")
+
+
 class SSEEvent(NamedTuple):
     """One dispatched event: its `event:` name (None when absent) and its joined data."""
 
@@ -37,9 +49,11 @@ class SSEParser:
     it to skip the bulk of a stream cheaply.
     """
 
-    __slots__ = ("_after_cr", "_at_start", "_only", "_tail")
+    __slots__ = ("_after_cr", "_at_start", "_limit", "_only", "_tail")
 
-    def __init__(self, only_events: Collection[str] | None = None) -> None:
+    def __init__(self, only_events: Collection[str] | None = None,
+                 max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._limit = max_event_bytes
         # Bytes of the event still being received, line endings already normalised to LF.
         self._tail = bytearray()
         # The previous read ended with CR: a LF at the start of the next read is the second
@@ -70,6 +84,8 @@ class SSEParser:
             tail += data
             end = tail.rfind(b"\n\n", start)
             if end < 0:
+                if len(tail) > self._limit:
+                    raise SSEEventTooLarge(self._limit)
                 return []
             complete = bytes(tail[:end])
             del tail[: end + 2]
@@ -77,6 +93,8 @@ class SSEParser:
             end = data.rfind(b"\n\n")
             if end < 0:
                 tail += data
+                if len(tail) > self._limit:
+                    raise SSEEventTooLarge(self._limit)
                 return []
             complete = data[:end]
             if end + 2 < len(data):

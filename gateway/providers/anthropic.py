@@ -22,12 +22,14 @@ from gateway.protocol.anthropic_tap import AnthropicUsageTap
 from gateway.protocol.cache_normalize import normalize_volatile_system
 from gateway.protocol.openai_request import without_client_metadata
 from gateway.protocol.openai_response import anthropic_error_from_openai
+from gateway.protocol.sse import MAX_EVENT_BYTES, SSEEventTooLarge
 from gateway.protocol.tool_ids import (
     events_with_client_ids,
     history_with_upstream_ids,
     id_salt,
     message_with_client_ids,
 )
+from gateway.protocol.upstream_checks import anthropic_message_problem, token_count
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
 from gateway.providers.http import (
@@ -35,6 +37,7 @@ from gateway.providers.http import (
     UpstreamResponse,
     UpstreamStream,
     client_session,
+    malformed_answer,
     open_upstream,
     read_body,
     status_error,
@@ -52,27 +55,45 @@ class PassThroughReply(UpstreamStream):
         self._salt = salt
         self._ended = False
         self._deltas = 0  # content_block_delta events seen, for usage of a cut-off stream
-        self._tail = b""
+        self._tail = bytearray()  # the event still arriving (never holds a separator)
         super().__init__(response, provider)
 
     def _on_data(self, data: bytes) -> bytes:
         # Forward only up to the last complete event, so a stream that breaks mid-event can
         # still be ended with a clean `error` event instead of a half-written one; the tap
         # then sees whole events only, which lets it skip blocks without usage in them.
+        # Only the seam and the new bytes are searched, so an event that arrives in many
+        # small reads costs linear time, and one that never ends is cut at MAX_EVENT_BYTES.
         self._deltas += data.count(b'"content_block_delta"')
-        data = self._tail + data if self._tail else data
-        cut = max(data.rfind(b"\n\n") + 2, data.rfind(b"\r\n\r\n") + 4)
-        if cut <= 3:
-            self._tail = data
-            return b""
-        self._tail = data[cut:]
-        block = events_with_client_ids(data[:cut], self._salt)
+        tail = self._tail
+        if not tail:
+            cut = _end_of_events(data, 0)
+            if cut == 0:
+                tail += data
+                self._check_size()
+                return b""
+            tail += data[cut:]
+            block = data[:cut]
+        else:
+            start = max(len(tail) - 3, 0)
+            tail += data
+            cut = _end_of_events(tail, start)
+            if cut == 0:
+                self._check_size()
+                return b""
+            block = bytes(tail[:cut])
+            del tail[:cut]
+        block = events_with_client_ids(block, self._salt)
         self._tap.feed_complete(block)
         return block
 
+    def _check_size(self) -> None:
+        if len(self._tail) > MAX_EVENT_BYTES:
+            raise SSEEventTooLarge(MAX_EVENT_BYTES)
+
     def _on_eof(self) -> bytes:
         tap = self._tap
-        out = self._tail + b"\n\n" if self._tail.strip() else b""
+        out = bytes(self._tail) + b"\n\n" if self._tail.strip() else b""
         out = events_with_client_ids(out, self._salt)
         tap.feed_complete(out)
         if not (tap.saw_message_stop or tap.error):
@@ -111,6 +132,14 @@ class PassThroughReply(UpstreamStream):
         self._ended = True
         self._tap.error = (error_type, message)
         return error_event(error_type, message)
+
+def _end_of_events(data: bytes | bytearray, start: int) -> int:
+    """Index just past the last event separator (LF LF or CRLF CRLF) at or after `start`,
+    0 when there is none."""
+    lf = data.rfind(b"\n\n", start)
+    crlf = data.rfind(b"\r\n\r\n", start)
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
 
 class AnthropicProvider:
     """Relays Messages requests to an Anthropic-compatible upstream."""
@@ -155,8 +184,8 @@ class AnthropicProvider:
                                response.headers.get("retry-after"))
         if not call.stream:
             raw = await read_body(response, self.config)
-            salt = id_salt(call.message_id)
-            return BufferedReply(message_with_client_ids(raw, salt), usage_of_message(raw))
+            usage = usage_of_message(raw, self.config.name)  # 502 for a malformed answer
+            return BufferedReply(message_with_client_ids(raw, id_salt(call.message_id)), usage)
         reply = PassThroughReply(response, self.config.name, id_salt(call.message_id))
         await reply.start(self.config)
         return reply
@@ -183,16 +212,23 @@ class AnthropicProvider:
         await self._session.close()
 
 
-def usage_of_message(raw: bytes) -> Usage:
+def usage_of_message(raw: bytes, provider: str) -> Usage:
+    """The usage of a complete Anthropic message; `malformed_answer` (502) when the body is
+    not a message a client could use (gateway/protocol/upstream_checks.py)."""
     try:
-        usage = orjson.loads(raw).get("usage") or {}
-    except (orjson.JSONDecodeError, AttributeError):
-        return Usage(estimated=True)
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise malformed_answer(provider, "the answer is not JSON") from None
+    problem = anthropic_message_problem(message)
+    if problem is not None:
+        raise malformed_answer(provider, problem)
+    usage = message.get("usage") or {}
     return Usage(
-        input_tokens=int(usage.get("input_tokens") or 0),
-        output_tokens=int(usage.get("output_tokens") or 0),
-        cache_read_input_tokens=int(usage.get("cache_read_input_tokens") or 0),
-        cache_creation_input_tokens=int(usage.get("cache_creation_input_tokens") or 0),
+        input_tokens=token_count(usage.get("input_tokens")),
+        output_tokens=token_count(usage.get("output_tokens")),
+        cache_read_input_tokens=token_count(usage.get("cache_read_input_tokens")),
+        cache_creation_input_tokens=token_count(usage.get("cache_creation_input_tokens")),
+        estimated=not usage,
     )
 
 

@@ -16,14 +16,25 @@ from typing import Protocol
 import aiohttp
 
 from gateway.config import ProviderConfig
+from gateway.protocol.sse import SSEEventTooLarge
 from gateway.protocol.usage import Usage
 from gateway.providers.base import UpstreamError
-from gateway.providers.lean_client import ConnectError, LeanClient, LeanClientError, Timeouts
+from gateway.providers.lean_client import (
+    BodyTooLarge,
+    ConnectError,
+    LeanClient,
+    LeanClientError,
+    Timeouts,
+)
+from gateway.providers.lean_client import Limits as LeanLimits
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504, 529})
 # Honour an upstream's retry-after only when it is short enough to be worth waiting for.
 MAX_RETRY_AFTER = 10.0
 
+
+# The largest complete (non-stream) answer either client reads: the lean client's own cap.
+MAX_UPSTREAM_BODY = LeanLimits().max_body_bytes
 
 # What either client raises when an exchange breaks; timeouts are TimeoutError for both.
 TRANSPORT_ERRORS = (aiohttp.ClientError, LeanClientError)
@@ -102,7 +113,16 @@ class _AiohttpResponse:
         return self._response.content_type
 
     async def read(self) -> bytes:
-        return await self._response.read()
+        """The whole body, at most MAX_UPSTREAM_BODY bytes (aiohttp's own read has no cap)."""
+        parts: list[bytes] = []
+        size = 0
+        async for data in self._response.content.iter_any():
+            size += len(data)
+            if size > MAX_UPSTREAM_BODY:
+                self._response.close()
+                raise BodyTooLarge(f"upstream body exceeds {MAX_UPSTREAM_BODY} bytes")
+            parts.append(data)
+        return b"".join(parts)
 
     def iter_any(self) -> AsyncIterator[bytes]:
         return self._response.content.iter_any()
@@ -169,11 +189,22 @@ def transport_error(provider: str, exc: BaseException) -> UpstreamError:
         reason, detail, status, kind = "timeout", "did not answer in time", 504, "timeout_error"
     elif isinstance(exc, (aiohttp.ClientConnectorError, ConnectError)):
         reason, detail, status, kind = "connect", "could not be reached", 502, "api_error"
+    elif isinstance(exc, BodyTooLarge):
+        reason, detail, status, kind = "too_large", f"sent an answer over the gateway's " \
+            f"limit of {MAX_UPSTREAM_BODY} bytes", 502, "api_error"
     else:
         reason, detail = "connection", f"connection failed ({type(exc).__name__})"
         status, kind = 502, "api_error"
     return UpstreamError(provider, reason, f"upstream provider {provider} {detail}",
                          client_status=status, error_type=kind, retryable=True)
+
+
+def malformed_answer(provider: str, problem: str) -> UpstreamError:
+    """A 200 whose body no client could use (gateway/protocol/upstream_checks.py): 502,
+    and worth another provider."""
+    return UpstreamError(provider, "bad_json",
+                         f"upstream provider {provider} sent a malformed answer: {problem}",
+                         client_status=502, error_type="api_error", retryable=True)
 
 
 async def open_upstream(client: UpstreamClient, config: ProviderConfig, url: str,
@@ -274,14 +305,24 @@ class UpstreamStream:
         raise NotImplementedError
 
     async def _produce(self) -> AsyncGenerator[bytes, None]:
+        yielded = False
         try:
             async for data in self._response.iter_any():
                 self._last_read[0] = time.monotonic()
                 out = self._on_data(data)
                 if out:
+                    yielded = True
                     yield out
                 if self._complete():
                     return
+        except SSEEventTooLarge as exc:
+            # An upstream that never ends an event: before any output another provider may
+            # still answer (502); after it, the client's stream ends with an error.
+            message = f"upstream provider {self._provider} sent {exc}"
+            if not yielded:
+                raise malformed_answer(self._provider, str(exc)) from None
+            yield self.abort("api_error", message)
+            return
         except TimeoutError:  # sock_read: silent longer than idle_timeout
             yield self.abort("api_error", f"upstream provider {self._provider} stalled "
                                           "mid-answer")

@@ -21,6 +21,7 @@ from gateway.protocol.openai_response import (
     to_anthropic_message,
 )
 from gateway.protocol.openai_stream import OpenAIStreamConverter
+from gateway.protocol.upstream_checks import chat_completion_problem
 from gateway.protocol.usage import Usage
 from gateway.providers.base import Call, Reply, UpstreamError
 from gateway.providers.http import (
@@ -28,6 +29,7 @@ from gateway.providers.http import (
     UpstreamResponse,
     UpstreamStream,
     client_session,
+    malformed_answer,
     open_upstream,
     read_body,
     status_error,
@@ -128,12 +130,12 @@ class OpenAIProvider:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise UpstreamError(self.config.name, "bad_json",
-                                f"upstream provider {self.config.name} sent invalid JSON",
-                                client_status=502, error_type="api_error",
-                                retryable=True) from None
-        if not isinstance(body, dict) or ("error" in body and "choices" not in body):
+            raise malformed_answer(self.config.name, "the answer is not JSON") from None
+        if isinstance(body, dict) and "error" in body and "choices" not in body:
             raise self._error_in_200(raw)
+        problem = chat_completion_problem(body)
+        if problem is not None:
+            raise malformed_answer(self.config.name, problem)
         stop = call.body.get("stop_sequences")
         try:
             message, usage = to_anthropic_message(body, call.client_model, call.message_id,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.protocol.sse import SSEEvent, SSEParser
+from gateway.protocol.sse import SSEEvent, SSEEventTooLarge, SSEParser
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 SSE_FIXTURES = sorted(FIXTURES.glob("*.openai.sse"))
@@ -190,3 +190,15 @@ def test_any_split_matches_reference_parser(text: str, cuts: list[int]) -> None:
     data = text.encode()
     expected = reference_parse(data)
     assert parse_in_pieces(data, [c for c in cuts if c <= len(data)]) == expected
+
+
+def test_an_event_that_never_ends_is_cut_at_the_cap() -> None:
+    """An upstream that never sends a blank line must not grow the buffer to its size."""
+    parser = SSEParser(max_event_bytes=1000)
+    parser.feed(b"data: " + b"x" * 500 + b"\n")
+    with pytest.raises(SSEEventTooLarge):
+        for _ in range(10):
+            parser.feed(b"data: " + b"x" * 200 + b"\n")
+    # an event exactly as large as the cap still passes
+    ok = SSEParser(max_event_bytes=1000)
+    assert ok.feed(b"data: " + b"y" * 990 + b"\n\n") == [SSEEvent(None, "y" * 990)]
