@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import os
 import sqlite3
 import sys
@@ -32,6 +33,7 @@ from gateway.accounts.users import (
 )
 from gateway.config import Config, ConfigError, load_config, override_server
 from gateway.remote import bridge as remote_bridge
+from gateway.reports.admin import record_audit, user_target
 from gateway.server import serve
 from gateway.store import migrate_data
 from gateway.store.factory import open_store
@@ -215,12 +217,32 @@ async def _plan_problem(db: Any, plan: str) -> str | None:
     return f"unknown plan {plan!r}; the plans are: {names} (add more with [[plans]])"
 
 
+def cli_actor() -> str:
+    """Who ran a command, as the audit log names them: "cli:" and the OS user."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name in the environment nor the user database
+        return f"cli:uid {os.getuid()}"
+
+
+async def _audit(db: Any, action: str, email: str, detail: str,
+                 user_id: int | None = None) -> None:
+    """The audit entry an admin page would write for the same change (the CLI's actor)."""
+    if user_id is None:
+        user = await db.fetch_one("user_by_email", {"email": normalize_email(email)})
+        user_id = user["id"] if user else 0
+    target = user_target(user_id, normalize_email(email) if email else None)
+    await record_audit(db, None, cli_actor(), action, target, detail)
+
+
 async def _users_add(db, args) -> int:  # type: ignore[no-untyped-def]
     problem = await _plan_problem(db, args.plan)
     if problem:
         raise AccountError(problem)
-    await create_user(db, args.email, password=args.password, name=args.name, plan=args.plan,
-                      is_admin=args.admin)
+    user_id = await create_user(db, args.email, password=args.password, name=args.name,
+                                plan=args.plan, is_admin=args.admin)
+    await _audit(db, "user.create", args.email,
+                 f"plan {args.plan}{', admin' if args.admin else ''}", user_id)
     print(f"created user {args.email} on plan {args.plan}", file=sys.stderr)
     return 0
 
@@ -229,19 +251,30 @@ async def _users_plan(db, args) -> int:  # type: ignore[no-untyped-def]
     problem = await _plan_problem(db, args.plan)
     if problem:
         raise AccountError(problem)
-    await set_plan(db, args.email, args.plan)
+    user = await db.fetch_one("user_by_email", {"email": normalize_email(args.email)})
+    before = user and await db.fetch_one("subscription_by_user", {"user_id": user["id"]})
+    await set_plan(db, args.email, args.plan)  # refuses an unknown address
+    await _audit(db, "user.plan", args.email,
+                 f"plan {before['plan'] if before else '?'} -> {args.plan}")
     print(f"{args.email} is now on plan {args.plan}", file=sys.stderr)
     return 0
 
 
+async def _set_status(db: Any, email: str, status: str) -> None:
+    before = await db.fetch_one("user_by_email", {"email": normalize_email(email)})
+    await set_user_status(db, email, status)
+    await _audit(db, "user.suspend" if status == "suspended" else "user.activate", email,
+                 f"status {before['status'] if before else '?'} -> {status}")
+
+
 async def _users_suspend(db, args) -> int:  # type: ignore[no-untyped-def]
-    await set_user_status(db, args.email, "suspended")
+    await _set_status(db, args.email, "suspended")
     print(f"suspended {args.email}: their keys stop working within a second", file=sys.stderr)
     return 0
 
 
 async def _users_activate(db, args) -> int:  # type: ignore[no-untyped-def]
-    await set_user_status(db, args.email, "active")
+    await _set_status(db, args.email, "active")
     print(f"activated {args.email}", file=sys.stderr)
     return 0
 
@@ -264,6 +297,8 @@ async def _users_delete(db, args) -> int:  # type: ignore[no-untyped-def]
         await delete_account(db, user["id"], user["email"])
     except SiteAccountError as exc:
         raise AccountError(str(exc)) from None
+    # the address is erased with the account: the entry names the id only
+    await _audit(db, "user.delete", "", "keys revoked, personal data erased", user["id"])
     print(f"deleted {args.email}: keys revoked, personal data erased", file=sys.stderr)
     return 0
 
@@ -294,13 +329,19 @@ def table(head: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
 
 async def _keys_add(db, args) -> int:  # type: ignore[no-untyped-def]
     key = await create_key(db, args.email, args.name)
+    await _audit(db, "key.create", args.email,
+                 f"key {key.prefix}{f' ({args.name})' if args.name else ''}")
     print(key.raw)
     print(f"key {key.prefix}... for {args.email}: shown once, store it now", file=sys.stderr)
     return 0
 
 
 async def _keys_revoke(db, args) -> int:  # type: ignore[no-untyped-def]
-    await revoke_key(db, args.prefix)
+    owners = [r for r in await db.fetch_all("keys_by_prefix", {"prefix": args.prefix})
+              if r["revoked_at"] is None]
+    await revoke_key(db, args.prefix)  # refuses none or several active keys
+    await _audit(db, "key.revoke", owners[0]["email"], f"key {args.prefix}",
+                 owners[0]["user_id"])
     print(f"revoked {args.prefix}", file=sys.stderr)
     return 0
 

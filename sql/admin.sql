@@ -72,10 +72,25 @@ INSERT INTO audit_log (actor_id, actor_email, action, target, detail, ip, create
 VALUES (:actor_id, :actor_email, :action, :target, :detail, :ip, :now);
 
 -- name: audit_recent
-SELECT * FROM audit_log ORDER BY created_at DESC, id DESC LIMIT :limit OFFSET :offset;
+-- Filters: '' = any. actor and target are LIKE patterns (lower case, escaped by the
+-- caller); action is exact; [since, until) is the date range.
+SELECT * FROM audit_log
+WHERE (:actor = '' OR lower(actor_email) LIKE :actor ESCAPE '\')
+  AND (:action = '' OR action = :action)
+  AND (:target = '' OR lower(target) LIKE :target ESCAPE '\')
+  AND created_at >= :since AND created_at < :until
+ORDER BY created_at DESC, id DESC LIMIT :limit OFFSET :offset;
 
 -- name: audit_count
-SELECT COUNT(*) AS total FROM audit_log;
+SELECT COUNT(*) AS total FROM audit_log
+WHERE (:actor = '' OR lower(actor_email) LIKE :actor ESCAPE '\')
+  AND (:action = '' OR action = :action)
+  AND (:target = '' OR lower(target) LIKE :target ESCAPE '\')
+  AND created_at >= :since AND created_at < :until;
+
+-- name: audit_actions
+-- Every action name the log holds, for the filter's list.
+SELECT DISTINCT action FROM audit_log ORDER BY action;
 
 -- name: audit_of_target
 -- Entries about one user: the target is written as "user:<id> (<e-mail>)".

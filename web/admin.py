@@ -143,9 +143,22 @@ async def outbox_message_page(request: web.Request) -> web.Response:
     return await render(request, "pages/admin/outbox_message.html", {"mail": message})
 
 
+def _audit_link(f: admin.AuditFilter, page: int) -> str:
+    params = f.query()
+    if page > 1:
+        params["page"] = str(page)
+    return "/admin/audit" + (f"?{urlencode(params)}" if params else "")
+
+
 async def audit_page(request: web.Request) -> web.Response:
+    """The log with its filters: a plain GET form (no JavaScript needed); with HTMX the
+    form swaps only the results and keeps the URL in step."""
     await require_admin(request)
+    f = admin.AuditFilter.from_query(request.query)
     entries, page, pages = await admin.audit_entries(
-        db_of(request), int_param(request.query.get("page"), 1, 1, 1_000_000))
-    return await render(request, "pages/admin/audit.html",
-                        {"entries": entries, "page": page, "pages": pages})
+        db_of(request), int_param(request.query.get("page"), 1, 1, 1_000_000), f=f)
+    ctx = {"entries": entries, "page": page, "pages": pages, "filter": f,
+           "actions": await admin.audit_actions(db_of(request)), "audit_link": _audit_link}
+    if htmx_target(request) == "audit-results":
+        return await render(request, "partials/audit_results.html", ctx)
+    return await render(request, "pages/admin/audit.html", ctx)

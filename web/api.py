@@ -229,5 +229,6 @@ async def admin_outbox(request: web.Request) -> web.Response:
 async def admin_audit(request: web.Request) -> web.Response:
     await api_admin(request)
     entries, page, pages = await admin.audit_entries(
-        db_of(request), int_param(request.query.get("page"), 1, 1, 1_000_000))
+        db_of(request), int_param(request.query.get("page"), 1, 1, 1_000_000),
+        f=admin.AuditFilter.from_query(request.query))
     return reply({"entries": entries, "page": page, "pages": pages})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -124,10 +125,22 @@ async def user_row(db: Store, user_id: int) -> dict[str, Any]:
 
 async def audit(db: Store, actor: Actor | None, action: str, target: str,
                 detail: str = "", ip: str = "") -> None:
+    await record_audit(db, actor.id if actor else None, actor.email if actor else "system",
+                       action, target, detail, ip)
+
+
+async def record_audit(db: Store, actor_id: int | None, actor_name: str, action: str,
+                       target: str, detail: str = "", ip: str = "") -> None:
+    """One audit entry; `actor_name` is an admin's e-mail, "system", or "cli:<OS user>"."""
     await db.insert("audit_insert", {
-        "actor_id": actor.id if actor else None,
-        "actor_email": actor.email if actor else "system",
-        "action": action, "target": target, "detail": detail, "ip": ip, "now": time.time()})
+        "actor_id": actor_id, "actor_email": actor_name, "action": action, "target": target,
+        "detail": detail, "ip": ip, "now": time.time()})
+
+
+def user_target(user_id: int, email: str | None) -> str:
+    """How the log names a user: "user:<id> (<e-mail>)", which /admin/users/<id> looks up.
+    Without the address (a deleted account's is erased) it is "user:<id> (deleted)"."""
+    return f"user:{user_id} ({email})" if email else f"user:{user_id} (deleted)"
 
 
 async def change_status(db: Store, actor: Actor, user_id: int, status: str,
@@ -159,7 +172,7 @@ async def change_plan(db: Store, actor: Actor, user_id: int, plan: str,
 
 
 def _target(user: dict[str, Any]) -> str:
-    return f"user:{user['id']} ({user['email']})"
+    return user_target(user["id"], user["email"])
 
 
 @dataclass(slots=True)
@@ -224,13 +237,73 @@ async def outbox_message(db: Store, message_id: int) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-async def audit_entries(db: Store, page: int = 1,
-                        per_page: int = 50) -> tuple[list[dict[str, Any]], int, int]:
-    """(entries, page, pages), newest first."""
-    count = await db.fetch_one("audit_count")
+def _like(text: str) -> str:
+    """A case-insensitive substring pattern with LIKE's own characters escaped."""
+    q = text.strip().lower()
+    if not q:
+        return ""
+    return "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """The audit log's filters; empty means any. Dates are UTC days, both ends included."""
+
+    actor: str = ""
+    action: str = ""
+    target: str = ""
+    since: date | None = None
+    until: date | None = None
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> AuditFilter:
+        """?actor=&action=&target=&from=YYYY-MM-DD&to=YYYY-MM-DD (page and JSON twin)."""
+        return cls(actor=query.get("actor", "")[:200], action=query.get("action", "")[:100],
+                   target=query.get("target", "")[:200], since=parse_day(query.get("from")),
+                   until=parse_day(query.get("to")))
+
+    def params(self) -> dict[str, Any]:
+        start = (datetime.combine(self.since, datetime.min.time(), UTC).timestamp()
+                 if self.since else 0.0)
+        end = (datetime.combine(self.until + timedelta(days=1), datetime.min.time(),
+                                UTC).timestamp() if self.until else 1e18)
+        return {"actor": _like(self.actor), "action": self.action.strip(),
+                "target": _like(self.target), "since": start, "until": end}
+
+    def query(self) -> dict[str, str]:
+        """The filter as URL parameters (for page links), empty ones left out."""
+        values = {"actor": self.actor.strip(), "action": self.action.strip(),
+                  "target": self.target.strip(),
+                  "from": self.since.isoformat() if self.since else "",
+                  "to": self.until.isoformat() if self.until else ""}
+        return {k: v for k, v in values.items() if v}
+
+    @property
+    def active(self) -> bool:
+        return bool(self.query())
+
+
+def parse_day(text: str | None) -> date | None:
+    """`2026-12-01` as a date; anything else (empty, a typo) as no bound."""
+    try:
+        return date.fromisoformat((text or "").strip()) if text and text.strip() else None
+    except ValueError:
+        return None
+
+
+async def audit_entries(db: Store, page: int = 1, per_page: int = 50,
+                        f: AuditFilter | None = None,
+                        ) -> tuple[list[dict[str, Any]], int, int]:
+    """(entries, page, pages), newest first, those matching `f`."""
+    params = (f or AuditFilter()).params()
+    count = await db.fetch_one("audit_count", params)
     total = count["total"] if count else 0
     pages = max(1, -(-total // per_page))
     page = min(max(1, page), pages)
-    rows = await db.fetch_all("audit_recent", {"limit": per_page,
+    rows = await db.fetch_all("audit_recent", {**params, "limit": per_page,
                                                "offset": (page - 1) * per_page})
     return [dict(r) for r in rows], page, pages
+
+
+async def audit_actions(db: Store) -> list[str]:
+    return [r["action"] for r in await db.fetch_all("audit_actions")]
