@@ -150,8 +150,8 @@ class Payments:
         """The service, with an Alipay client (and its HTTP session) when configured."""
         if not config.alipay.enabled:
             return cls(db, config.alipay, None, events)
-        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
-            total=config.alipay.timeout, connect=min(5.0, config.alipay.timeout)))
+        # `[alipay] timeout` bounds one whole call, connecting included
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=config.alipay.timeout))
         try:
             client = AlipayClient(config.alipay, config.alipay_notify_url, http, config.source)
         except BaseException:

@@ -9,8 +9,11 @@ it replaced, kept as a switch while the lean one proves itself. Both sit behind
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 import aiohttp
@@ -29,8 +32,6 @@ from gateway.providers.lean_client import (
 from gateway.providers.lean_client import Limits as LeanLimits
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504, 529})
-# Honour an upstream's retry-after only when it is short enough to be worth waiting for.
-MAX_RETRY_AFTER = 10.0
 
 
 # The largest complete (non-stream) answer either client reads: the lean client's own cap.
@@ -156,14 +157,24 @@ class AiohttpClient:
         await self._session.close()
 
 
-def parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds an upstream's `Retry-After` asks for: delay-seconds or an HTTP-date (RFC 9110
+    section 10.2.3), None when it is neither. No cap here: whether a wait is worth it is
+    `[routing] max_retry_after`, decided by the relay (gateway/relay/failover.py)."""
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None
-    return seconds if 0 <= seconds <= MAX_RETRY_AFTER else None
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an obsolete date form without a zone is GMT
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds)
+    return seconds if 0 <= seconds < math.inf else None
 
 
 def status_error(provider: str, status: int, mapped: tuple[int, str, str],

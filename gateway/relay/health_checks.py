@@ -48,7 +48,8 @@ class HealthChecker:
                    "x-api-key": provider.api_key} if provider.api_key else {}
         started = time.perf_counter()
         result = ProbeResult(checked_at=time.time())
-        timeout = aiohttp.ClientTimeout(total=min(10.0, provider.first_byte_timeout),
+        # the provider's own timeouts: a probe is judged as its requests are
+        timeout = aiohttp.ClientTimeout(total=provider.first_byte_timeout,
                                         connect=provider.connect_timeout)
         try:
             async with self._session.get(url, headers=headers, timeout=timeout) as response:

@@ -9,6 +9,7 @@ import signal
 import socket
 import sqlite3
 import time
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import anthropic
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.providers.http import parse_retry_after
 from tests.helpers.gateway import fake_stats, free_port, provider_table, wait_for_port
 
 FAST = {"first_byte_timeout": 0.5, "connect_timeout": 0.5, "idle_timeout": 0.5}
@@ -306,3 +308,43 @@ async def test_access_log_is_one_json_line_without_prompt_or_key(
     assert record["status"] == "success" and record["output_tokens"] == 3
     assert record["ttft_ms"] > 0 and record["duration_ms"] >= record["ttft_ms"]
     assert b"my-private-prompt-text" not in sink.getvalue() and key.encode() not in lines[0]
+
+
+def test_retry_after_is_read_without_a_cap_of_its_own() -> None:
+    """Delay-seconds or an HTTP-date (RFC 9110 10.2.3), however long: whether to wait is
+    `[routing] max_retry_after`'s decision, not a module constant's."""
+    now = 1_700_000_000.0
+    assert parse_retry_after("11") == 11.0 and parse_retry_after("3600") == 3600.0
+    assert parse_retry_after("0.25") == 0.25 and parse_retry_after("0") == 0.0
+    assert parse_retry_after(formatdate(now + 42, usegmt=True), now=now) == 42.0
+    assert parse_retry_after(formatdate(now - 42, usegmt=True), now=now) == 0.0
+    for bad in ("", None, "-1", "nan", "inf", "soon", "12 seconds"):
+        assert parse_retry_after(bad) is None, bad
+
+
+@pytest.mark.slow
+async def test_a_retry_after_beyond_ten_seconds_is_honoured_when_the_config_allows_it(
+        gateway_factory: Any, fake_factory: Any) -> None:
+    """`max_retry_after = 12` means a 10.5 s retry-after is waited for (a module constant
+    capped it at 10 s before)."""
+    base, _ = await fake_factory(status=429, retry_after="10.5", fail_times=1, key="long")
+    gw = await gateway_factory({"providers": [provider_table("only", "openai", base, **FAST)],
+                                "routing": {**ROUTING, "max_retry_after": 12}})
+    key = await gw.new_key(plan="team")
+    started = time.monotonic()
+    status, _ = await post(gw, key)
+    assert status == 200
+    assert time.monotonic() - started >= 10.5
+    assert (await fake_stats(base))["total_requests"] == 2
+
+
+async def test_a_retry_after_beyond_max_retry_after_is_not_waited_for(
+        gateway_factory: Any, fake_factory: Any) -> None:
+    base, _ = await fake_factory(status=429, retry_after="2", fail_times=1, key="short")
+    gw = await gateway_factory({"providers": [provider_table("only", "openai", base, **FAST)],
+                                "routing": {**ROUTING, "max_retry_after": 1}})
+    key = await gw.new_key(plan="team")
+    started = time.monotonic()
+    status, _ = await post(gw, key)
+    assert status == 200 and time.monotonic() - started < 1.5  # the backoff, not 2 s
+    assert (await fake_stats(base))["total_requests"] == 2
