@@ -103,6 +103,10 @@ DELETE FROM login_failures WHERE id = :id OR (email = :email AND ip = :ip);
 SELECT COUNT(*) AS failures, MIN(created_at) AS oldest
 FROM login_failures WHERE email = :email AND created_at >= :since;
 
+-- name: login_failures_by_ip
+SELECT COUNT(*) AS failures, MIN(created_at) AS oldest
+FROM login_failures WHERE ip = :ip AND created_at >= :since;
+
 -- name: login_failures_prune
 DELETE FROM login_failures WHERE created_at < :before;
 

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp_session import STORAGE_KEY, get_session
 
 from gateway.config import CONFIG
+from gateway.forwarding import client_address
 from gateway.store.base import DATABASE, Store
 from web.csrf import csrf_token
 from web.site import SITE, SiteServices, page_context
@@ -103,7 +104,9 @@ async def form_data(request: web.Request) -> dict[str, str]:
 
 
 def client_ip(request: web.Request) -> str:
-    return request.remote or "unknown"
+    """The client's address for throttles and the audit log: the peer, or what a trusted
+    reverse proxy forwarded (`[server] trusted_proxies`, gateway/forwarding.py)."""
+    return client_address(request)
 
 
 def int_param(value: str | None, default: int, low: int, high: int) -> int:

@@ -25,6 +25,7 @@ from gateway.accounting.keycache import KEY_CACHE, KeyInfo, api_key_from
 from gateway.accounting.usage import RECORDER
 from gateway.config import CONFIG
 from gateway.errors import ApiError, invalid_request
+from gateway.forwarding import client_address
 from gateway.ids import REQUEST_ID, new_id
 from gateway.metrics import METRICS
 from gateway.protocol.json_depth import depth_message, too_deep
@@ -88,7 +89,7 @@ async def relay(request: web.Request, key: KeyInfo, call: Call, admission: Admis
     if limit is not None and isinstance(call.body.get("max_tokens"), int) \
             and limit < call.body["max_tokens"]:
         call.body["max_tokens"] = limit  # what the quota reservation holds
-    trip = Trip(app, key, call, started, admission, ingress)
+    trip = Trip(app, key, call, started, admission, ingress, client_address(request))
     trip.journal_start()
     reply: Reply | None = None
     status, error_type, http_status = "client_disconnect", None, 499
@@ -168,12 +169,13 @@ async def answer_remote_control(app: web.Application, key: KeyInfo, call: Call,
 class Trip:
     """Timing and bookkeeping of one request, finished exactly once."""
 
-    __slots__ = ("admission", "app", "call", "done", "first_byte_at", "ingress", "key",
-                 "provider", "reply", "response", "started")
+    __slots__ = ("admission", "app", "call", "client", "done", "first_byte_at", "ingress",
+                 "key", "provider", "reply", "response", "started")
 
     def __init__(self, app: web.Application, key: KeyInfo, call: Call, started: float,
-                 admission: Admission, ingress: str = "anthropic") -> None:
+                 admission: Admission, ingress: str = "anthropic", client: str = "") -> None:
         self.app = app
+        self.client = client  # the client's address, for the access log
         self.ingress = ingress
         self.key = key
         self.call = call
@@ -231,6 +233,7 @@ class Trip:
         if access_log is not None:
             access_log.write({
                 "ts": round(time.time(), 3), "request_id": call.request_id,
+                "client": self.client,
                 "user_id": key.user_id, "key": key.prefix, "ingress": self.ingress,
                 "model": call.client_model, "provider": provider or None,
                 "upstream_model": call.upstream_model or None, "status": status,
