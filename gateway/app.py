@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from aiohttp import web
+from redis.asyncio import Redis
 
 from gateway.access_log import ACCESS_LOG, AccessLog
 from gateway.accounting.admission import ACCOUNTANT, Accountant
@@ -39,7 +40,7 @@ from gateway.providers.openai import OpenAIProvider
 from gateway.relay.breaker import BREAKERS, STATE_VALUE, Breaker
 from gateway.relay.health_checks import HEALTH, HealthChecker
 from gateway.remote.hub import REMOTE_HUB, RemoteHub, Viewer, ViewerAuth
-from gateway.reports.health import STARTED_AT
+from gateway.reports.health import DEPENDENCIES, STARTED_AT, Ping
 from gateway.store.base import DATABASE, Store
 from gateway.store.factory import open_store
 from gateway.store.lease import JOBS, Jobs, open_lease
@@ -58,6 +59,7 @@ def build_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle()  # serving or draining: /health/ready
+    app[DEPENDENCIES] = {}  # stores' pings for /health, added as they open
     app.cleanup_ctx.extend([
         database,          # SQLite file, migrated; plans synced from the config
         jobs,              # leases of the jobs that must run once across instances
@@ -98,6 +100,8 @@ async def database(app: web.Application) -> AsyncIterator[None]:
     try:
         await sync_plans(db, config.plans)
         app[DATABASE] = db
+        app[DEPENDENCIES]["database"] = (
+            "postgresql" if config.database.postgres else "sqlite", db.ping)
         app[STARTED_AT] = time.time()
         yield
     finally:
@@ -133,6 +137,7 @@ async def limits(app: web.Application) -> AsyncIterator[None]:
         shared = RedisCounters(app[DATABASE], plans, config.redis)
         app[LIMITS] = shared
         app[USER_EVENTS].subscribe(period_starter(shared))
+        app[DEPENDENCIES]["redis"] = ("redis", redis_ping(shared.redis))
         await shared.start()
         try:
             async with running(shared.run(), "redis-counters"):
@@ -143,6 +148,16 @@ async def limits(app: web.Application) -> AsyncIterator[None]:
     found = app[LIMITS] = MemoryCounters(app[DATABASE], plans)
     app[USER_EVENTS].subscribe(period_starter(found))
     yield
+
+
+def redis_ping(client: Redis) -> Ping:
+    """Seconds one PING takes on the counters' own pool (for /health)."""
+    async def ping() -> float:
+        start = time.perf_counter()
+        await client.ping()
+        return time.perf_counter() - start
+
+    return ping
 
 
 def period_starter(counters: Counters) -> Subscriber:

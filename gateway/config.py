@@ -102,6 +102,7 @@ class ServerConfig:
     public_url: str = ""
     max_body_bytes: int = 32 * 1024 * 1024
     shutdown_grace: float = 30.0
+    drain_seconds: float = 0.0  # on SIGTERM: readiness 503 this long before closing the port
     access_log: bool = True
     accounting: bool = True  # false: no limits, no usage rows (benchmark baseline only)
     # addresses (or networks) of reverse proxies whose X-Forwarded-For / Forwarded we believe
@@ -433,6 +434,7 @@ def _server(r: _Reader) -> ServerConfig:
         public_url=r.get("public_url", str, d.public_url).rstrip("/"),
         max_body_bytes=r.positive("max_body_bytes", int, d.max_body_bytes),
         shutdown_grace=r.non_negative("shutdown_grace", float, d.shutdown_grace),
+        drain_seconds=r.non_negative("drain_seconds", float, d.drain_seconds),
         access_log=r.get("access_log", bool, d.access_log),
         accounting=r.get("accounting", bool, d.accounting),
         trusted_proxies=_networks(r, "trusted_proxies"),

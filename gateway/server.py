@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
+import signal
 import sqlite3
 import sys
 
@@ -13,7 +15,8 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.billing.alipay import read_keys
-from gateway.config import Config, ConfigError
+from gateway.config import CONFIG, Config, ConfigError
+from gateway.lifecycle import LIFECYCLE
 from gateway.store.factory import describe
 
 log = logging.getLogger("llmapi")
@@ -104,10 +107,35 @@ def serve(config: Config) -> int:
     return EXIT_USAGE
 
 
+async def _install_drain(app: web.Application) -> None:
+    """Replace aiohttp's SIGTERM handler (installed just before start-up) with one that
+    drains first: readiness answers 503 for `[server] drain_seconds` while requests are
+    still served, then the usual graceful exit. A second SIGTERM exits at once; SIGINT
+    (Ctrl-C) keeps aiohttp's immediate graceful exit."""
+    loop = asyncio.get_running_loop()
+    lifecycle = app[LIFECYCLE]
+    wait = app[CONFIG].server.drain_seconds
+
+    def exit_now() -> None:
+        raise web.GracefulExit()
+
+    def on_sigterm() -> None:
+        if lifecycle.draining or wait <= 0:
+            lifecycle.start_draining()
+            exit_now()
+        lifecycle.start_draining()
+        log.info("SIGTERM: draining for %.1f s (readiness 503) before shutting down", wait)
+        loop.call_later(wait, exit_now)
+
+    with contextlib.suppress(NotImplementedError):  # Windows: no signal handlers
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+
+
 def _run(config: Config) -> int:
     install_uvloop()
     warn_about_providers(config)
     app = build_app(config)
+    app.on_startup.append(_install_drain)
     providers = ", ".join(f"{p.name} ({p.protocol})" for p in config.providers)
     host, port = config.server.host, config.server.port
 

@@ -20,7 +20,7 @@ from gateway.protocol.token_estimate import estimate_input_tokens
 from gateway.providers.base import PROVIDERS, Call
 from gateway.relay.routing import listed_models, plan_route
 from gateway.remote.hub import REMOTE_HUB
-from gateway.reports.health import health_snapshot
+from gateway.reports.health import dependency_report, health_snapshot
 
 
 def add_api_routes(app: web.Application) -> None:
@@ -96,8 +96,20 @@ async def handle_models(request: web.Request) -> web.Response:
 
 
 async def handle_health(request: web.Request) -> web.Response:
-    snapshot = health_snapshot(request.app)
-    return web.json_response(snapshot, status=200 if snapshot["status"] == "ok" else 503)
+    """Providers (200 while one is usable, else 503), plus `database` and `redis` (when
+    configured): reachable or not, and the round-trip latency. A store that is down makes
+    the status "degraded" but keeps 200: the instance still serves (usage rows queue, the
+    Redis policy applies), and every instance sees the same outage. `draining` is true
+    from SIGTERM on (readiness, /health/ready, is what a balancer should check)."""
+    app = request.app
+    snapshot = health_snapshot(app)
+    stores = await dependency_report(app)
+    snapshot.update(stores)
+    snapshot["draining"] = app[LIFECYCLE].draining
+    if snapshot["status"] == "ok" and not all(d["ok"] for d in stores.values()):
+        snapshot["status"] = "degraded"
+    return web.json_response(snapshot, status=503 if snapshot["status"] == "unavailable"
+                             else 200, headers={"Cache-Control": "no-store"})
 
 
 async def handle_ready(request: web.Request) -> web.Response:

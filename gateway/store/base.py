@@ -57,6 +57,9 @@ class Store(Protocol):
     async def migrate(self) -> list[str]:
         """Apply pending migrations (safe when several processes start at once)."""
 
+    async def ping(self) -> float:
+        """Seconds one trivial round trip takes (for /health); raises when unreachable."""
+
     async def close(self) -> None:
         """Release the connection(s)."""
 

@@ -122,6 +122,13 @@ class Database:
         async with self.transaction() as tx:
             return await tx.insert(name, params)
 
+    async def ping(self) -> float:
+        """Seconds one trivial query takes (for /health: the SQLite thread is responsive)."""
+        start = time.perf_counter()
+        async with self.conn.execute("SELECT 1") as cur:
+            await cur.fetchone()
+        return time.perf_counter() - start
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
         """BEGIN IMMEDIATE so the write lock is taken up front, never upgraded mid-way."""
