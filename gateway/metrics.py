@@ -7,7 +7,7 @@ used in the tests to parse what this renders.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from aiohttp import web
 
@@ -33,13 +33,31 @@ def _num(value: float) -> str:
     return str(int(value)) if value == int(value) else repr(value)
 
 
+MAX_SERIES = 1000
+"""Label sets one metric holds; any further ones are counted under labels of "other", so no
+value a client or an upstream chooses can grow /metrics (or memory) without bound. Labels
+are chosen to be bounded anyway (provider and upstream model come from the config); this
+is the backstop."""
+
+
+def _bounded(series: Mapping[Labels, object], labels: Labels) -> Labels:
+    if labels in series or len(series) < MAX_SERIES:
+        return labels
+    return ("other",) * len(labels)
+
+
 class Counter:
     def __init__(self, name: str, help_text: str, labels: Labels = ()) -> None:
         self.name, self.help, self.label_names = name, help_text, labels
         self.values: dict[Labels, float] = {}
 
     def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
-        self.values[labels] = self.values.get(labels, 0.0) + amount
+        values = self.values
+        value = values.get(labels)
+        if value is None:
+            labels = _bounded(values, labels)
+            value = values.get(labels, 0.0)
+        values[labels] = value + amount
 
     def render(self) -> Iterable[str]:
         # text format 0.0.4 names a counter family by its sample name, `_total` included
@@ -73,7 +91,10 @@ class Histogram:
     def observe(self, value: float, labels: Labels = ()) -> None:
         series = self.series.get(labels)
         if series is None:
-            series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
+            labels = _bounded(self.series, labels)
+            series = self.series.get(labels)
+            if series is None:
+                series = self.series[labels] = [0.0] * (len(self.buckets) + 2)
         series[bisect_left(self.buckets, value)] += 1  # one bucket; cumulated at render
         series[-1] += value
 
@@ -109,8 +130,14 @@ class Metrics:
     """Every metric the gateway exports."""
 
     def __init__(self) -> None:
-        self.requests = Counter("llmapi_requests", "Requests to /v1/messages by outcome",
+        # `model` is the upstream model the config mapped the request to ("none" when no
+        # provider was asked), never the client's own name: that one is unbounded.
+        self.requests = Counter("llmapi_requests",
+                                "Requests to the relay routes by outcome",
                                 ("status", "model", "provider"))
+        self.refused = Counter("llmapi_refused",
+                               "Relay requests refused before any provider was asked",
+                               ("ingress", "code"))
         self.attempts = Counter("llmapi_upstream_attempts", "Upstream attempts",
                                 ("provider", "outcome"))
         self.failures = Counter("llmapi_upstream_failures", "Failed upstream attempts",
@@ -131,7 +158,7 @@ class Metrics:
     def render(self) -> str:
         lines: list[str] = []
         metrics: list[Counter | Histogram | Gauge] = [
-            self.requests, self.attempts, self.failures, self.ttft, self.duration,
+            self.requests, self.refused, self.attempts, self.failures, self.ttft, self.duration,
             self.overhead, CONTENT_DOWNGRADED, INCOMPLETE_FINISH, *self.extra]
         for metric in metrics:
             lines.extend(metric.render())

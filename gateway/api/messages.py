@@ -21,8 +21,9 @@ from aiohttp import web
 
 from gateway.access_log import ACCESS_LOG
 from gateway.accounting.admission import ACCOUNTANT, Admission, Outcome
-from gateway.accounting.keycache import KEY_CACHE, KeyInfo, api_key_from
+from gateway.accounting.keycache import KeyInfo
 from gateway.accounting.usage import RECORDER
+from gateway.api.unrelayed import RELAYED, authenticated
 from gateway.config import CONFIG
 from gateway.errors import ApiError, invalid_request
 from gateway.forwarding import client_address
@@ -35,7 +36,7 @@ from gateway.protocol.usage import Usage
 from gateway.providers.base import PROVIDERS, Call, Reply
 from gateway.relay.breaker import BREAKERS
 from gateway.relay.failover import SendFn, send_with_failover
-from gateway.relay.routing import base_model_name, plan_route
+from gateway.relay.routing import plan_route
 from gateway.remote.sessions import create_session
 from gateway.remote.trigger import is_trigger, message_json, message_sse, reply_content
 from gateway.store.base import DATABASE
@@ -52,7 +53,7 @@ async def handle_messages(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     app = request.app
     config = app[CONFIG]
-    key = await app[KEY_CACHE].authenticate(api_key_from(request))
+    key = await authenticated(request)
     body = parse_request(await request.read())
     estimate = estimate_input_tokens(body)
     stream = body.get("stream") is True
@@ -90,6 +91,7 @@ async def relay(request: web.Request, key: KeyInfo, call: Call, admission: Admis
             and limit < call.body["max_tokens"]:
         call.body["max_tokens"] = limit  # what the quota reservation holds
     trip = Trip(app, key, call, started, admission, ingress, client_address(request))
+    request[RELAYED] = True  # the trip's `finish` writes the log line and the sample
     trip.journal_start()
     reply: Reply | None = None
     status, error_type, http_status = "client_disconnect", None, 499
@@ -222,8 +224,7 @@ class Trip:
             attempts=call.attempts, usage=usage, error_type=error_type,
             duration_ms=duration_ms, ttft_ms=ttft_ms))
         metrics = app[METRICS]
-        model = base_model_name(call.client_model)
-        metrics.requests.inc((status, model, provider or "none"))
+        metrics.requests.inc((status, call.upstream_model or "none", provider or "none"))
         metrics.duration.observe(duration_ms, (provider or "none",))
         if ttft_ms is not None:
             metrics.ttft.observe(ttft_ms, (provider,))

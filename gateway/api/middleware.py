@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import time
@@ -10,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from gateway import paths
+from gateway.api.unrelayed import record_unrelayed
 from gateway.errors import ERROR_PAGE, ApiError, error_body, should_retry
 from gateway.ids import REQUEST_ID, new_id
 from gateway.paths import is_api_path
@@ -92,38 +94,57 @@ def refuse_encoded_body(request: web.Request) -> None:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = new_id("req")
-    request[REQUEST_ID] = request_id
+    """A request id for everything; every failure answered in the route's shape; and the
+    log line and sample of relay requests that never reached `relay` (api/unrelayed.py)."""
+    started = time.perf_counter()
+    request[REQUEST_ID] = new_id("req")
+    try:
+        response, error_type = await _answer(request, handler)
+    except asyncio.CancelledError:  # the client hung up before an answer
+        record_unrelayed(request, started, 499, "client_disconnect")
+        raise
+    record_unrelayed(request, started, response.status, error_type)
+    return response
+
+
+async def _answer(request: web.Request,
+                  handler: Handler) -> tuple[web.StreamResponse, str | None]:
+    """The handler's response, or the error response for what it raised, with its type."""
+    request_id = request[REQUEST_ID]
     try:
         refuse_encoded_body(request)
         response = await handler(request)
     except ApiError as exc:
         return await _error(request, exc.status, exc.error_type, exc.message, request_id,
-                             exc.headers, getattr(exc, "param", None), exc.limit)
+                            exc.headers, getattr(exc, "param", None), exc.limit), \
+            exc.error_type
     except web.HTTPRequestEntityTooLarge:
         limit = request.app._client_max_size
         return await _error(request, 413, "request_too_large",
-                             f"request body is larger than the limit of {limit} bytes",
-                             request_id)
+                            f"request body is larger than the limit of {limit} bytes",
+                            request_id), "request_too_large"
     except web.HTTPNotFound:
         return await _error(request, 404, "not_found_error",
-                             f"no route for {request.method} {request.path}", request_id)
+                            f"no route for {request.method} {request.path}", request_id), \
+            "not_found_error"
     except web.HTTPMethodNotAllowed as exc:
         return await _error(request, 405, "invalid_request_error",
-                             f"method {request.method} is not allowed on {request.path}; "
-                             f"use {', '.join(sorted(exc.allowed_methods))}", request_id)
+                            f"method {request.method} is not allowed on {request.path}; "
+                            f"use {', '.join(sorted(exc.allowed_methods))}", request_id), \
+            "invalid_request_error"
     except web.HTTPException as exc:
         if exc.status >= 400:
             error_type = "api_error" if exc.status >= 500 else "invalid_request_error"
-            return await _error(request, exc.status, error_type, exc.reason, request_id)
+            return await _error(request, exc.status, error_type, exc.reason, request_id), \
+                error_type
         exc.headers["request-id"] = request_id
         raise
     except Exception:
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path,
                       request_id)
         return await _error(request, 500, "api_error",
-                             f"internal error; quote request id {request_id} to the operator",
-                             request_id)
+                            f"internal error; quote request id {request_id} to the operator",
+                            request_id), "api_error"
     if not response.prepared:
         response.headers["request-id"] = request_id
-    return response
+    return response, None

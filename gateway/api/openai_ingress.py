@@ -22,7 +22,7 @@ import orjson
 from aiohttp import web
 
 from gateway.accounting.admission import ACCOUNTANT
-from gateway.accounting.keycache import KEY_CACHE, KeyInfo, api_key_from
+from gateway.accounting.keycache import KeyInfo
 from gateway.api.messages import relay
 from gateway.api.openai_replies import (
     ChatSink,
@@ -33,6 +33,7 @@ from gateway.api.openai_replies import (
     chat_upstream_body,
     from_anthropic_body,
 )
+from gateway.api.unrelayed import authenticated
 from gateway.errors import ApiError
 from gateway.ids import REQUEST_ID, new_id
 from gateway.protocol.anthropic_to_chat import AnthropicToChat
@@ -216,7 +217,7 @@ async def _relay(request: web.Request, key: KeyInfo, plan: Plan, ingress: str,
 
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    key = await request.app[KEY_CACHE].authenticate(api_key_from(request))
+    key = await authenticated(request)
     body = _parse(await request.read())
     problem = validate_chat_request(body)
     if problem is not None:
@@ -229,7 +230,7 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def handle_responses(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
-    key = await request.app[KEY_CACHE].authenticate(api_key_from(request))
+    key = await authenticated(request)
     try:
         chat, ctx = responses_to_chat(_parse(await request.read()))
     except ConversionError as exc:

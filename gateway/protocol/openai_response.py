@@ -80,7 +80,8 @@ def finish_outcome(finish_reason: str) -> str | tuple[str, str]:
     stop = STOP_REASONS.get(finish_reason)
     if stop is not None:
         return stop
-    INCOMPLETE_FINISH.inc((finish_reason[:40],))
+    # the label is one of the known reasons or "other": an upstream's string is unbounded
+    INCOMPLETE_FINISH.inc((finish_reason if finish_reason in FAILED_FINISH else "other",))
     failed = FAILED_FINISH.get(finish_reason)
     if failed is not None:
         return failed

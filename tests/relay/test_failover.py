@@ -235,7 +235,7 @@ async def test_metrics_parse_as_prometheus_text(gateway_factory: Any, fake_facto
         text = await r.text()
     families = {f.name: f for f in text_string_to_metric_families(text)}
     requests = families["llmapi_requests"].samples
-    assert any(s.labels == {"status": "success", "model": "claude-sonnet-4-6", "provider": "b"}
+    assert any(s.labels == {"status": "success", "model": "fake-model", "provider": "b"}
                and s.value == 2 for s in requests)
     failures = families["llmapi_upstream_failures"].samples
     assert any(s.labels["provider"] == "a" and s.labels["reason"] == "status_500"
