@@ -12,7 +12,7 @@ from gateway.config import CONFIG
 from gateway.reports import admin, catalog
 from gateway.reports.health import health_snapshot
 from web.guards import require_admin
-from web.i18n import _
+from web.i18n import _, translated
 from web.responses import (
     client_ip,
     db_of,
@@ -95,7 +95,7 @@ async def _user_action(request: web.Request, field: str) -> web.Response:
         else:
             await admin.change_plan(db, actor, user_id, form.get("plan", ""), client_ip(request))
     except AccountError as exc:
-        error = str(exc)
+        error = translated(exc)
     if is_htmx(request):
         try:
             row = await admin.user_row(db, user_id)

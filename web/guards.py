@@ -7,6 +7,7 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 
 from gateway.errors import ApiError
+from web.i18n import N_
 from web.responses import db_of, safe_next
 from web.sessions import SiteUser, signed_in_user
 
@@ -38,7 +39,8 @@ async def require_user(request: web.Request) -> SiteUser:
 async def require_admin(request: web.Request) -> SiteUser:
     user = await require_user(request)
     if not user.is_admin:
-        raise web.HTTPForbidden(reason="Administrators only")
+        # the reason is the status line (ASCII); the error page shows it translated
+        raise web.HTTPForbidden(reason=N_("Administrators only"))
     return user
 
 

@@ -14,7 +14,7 @@ from gateway.errors import ApiError
 from gateway.reports import catalog, savings
 from web.api import reply
 from web.guards import api_user, require_user
-from web.i18n import _, translated
+from web.i18n import N_, _, translated
 from web.responses import NO_STORE, db_of, form_data, is_htmx, redirect, render
 
 POLL_EVERY = "2s"
@@ -23,7 +23,7 @@ POLL_EVERY = "2s"
 def payments_of(request: web.Request) -> Payments:
     payments = request.app.get(PAYMENTS)
     if payments is None:
-        raise web.HTTPServiceUnavailable(reason="the gateway is starting")
+        raise web.HTTPServiceUnavailable(reason=N_("the gateway is starting"))
     return payments
 
 
@@ -89,7 +89,7 @@ async def _own_order(request: web.Request, user_id: int) -> Order:
     order = await payments_of(request).order_of_user(user_id,
                                                      request.match_info["out_trade_no"])
     if order is None:
-        raise web.HTTPNotFound(reason="No such order")
+        raise web.HTTPNotFound(reason=N_("No such order"))
     return order
 
 

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 import aiohttp
@@ -113,7 +114,7 @@ def setup_site(app: web.Application, config: Config) -> None:
                 if is_api_path(req.path):
                     raise ApiError("permission_error", f"CSRF token missing or wrong: {exc} "
                                    "(GET /api/auth/csrf, then send X-CSRF-Token)") from None
-                raise web.HTTPForbidden(reason="CSRF token missing or wrong") from None
+                raise web.HTTPForbidden(reason=i18n.N_("CSRF token missing or wrong")) from None
             response = await handler(req)
             if not response.prepared:
                 add_security_headers(response, csp)
@@ -141,8 +142,10 @@ def setup_site(app: web.Application, config: Config) -> None:
     async def error_page(request: web.Request, status: int, message: str) -> web.Response:
         # The errors middleware sits outside this site's middleware: choose again.
         i18n.set_language(request_language(request, default_language))
+        # aiohttp's default reason ("Method Not Allowed") only repeats the page's title
+        standard = message == _status_phrase(status)
         context = {**await page_context(request), "status": status,
-                   "message": i18n._(message) if message else ""}
+                   "message": i18n._(message) if message and not standard else ""}
         response = aiohttp_jinja2.render_template("pages/error.html", request, context,
                                                   status=status)
         add_security_headers(response, csp)
@@ -178,6 +181,13 @@ def setup_site(app: web.Application, config: Config) -> None:
                 await http.close()
 
     app.cleanup_ctx.append(resources)
+
+
+def _status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
 
 
 def request_language(request: web.Request, default: str) -> str:

@@ -13,6 +13,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway.store.base import Store
 
@@ -21,7 +22,16 @@ DISPLAY_CHARS = 8  # random characters kept in the display prefix
 
 
 class AccountError(Exception):
-    """A request the operator or user can fix (unknown e-mail, plan full of keys, ...)."""
+    """A request the operator or user can fix (unknown e-mail, plan full of keys, ...).
+
+    Like `SiteAccountError`, `message` is an English gettext message whose `%(name)s`
+    placeholders `params` fill: the site shows it in the visitor's language
+    (`web.i18n.translated`), the CLI and the JSON API print `str(exc)`, the English text."""
+
+    def __init__(self, message: str, **params: Any) -> None:
+        super().__init__(message % params if params else message)
+        self.message = message
+        self.params = params
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +92,7 @@ def normalize_email(email: str) -> str:
     email = email.strip().lower()
     local, _, domain = email.partition("@")
     if not local or "." not in domain or " " in email:
-        raise AccountError(f"not a valid e-mail address: {email!r}")
+        raise AccountError("not a valid e-mail address: %(email)s", email=repr(email))
     return email
 
 
@@ -91,9 +101,9 @@ async def create_user(db: Store, email: str, *, password: str = "", name: str = 
     """Insert a user with a subscription to `plan` starting now; returns the user id."""
     email = normalize_email(email)
     if await db.fetch_one("plan_by_name", {"name": plan}) is None:
-        raise AccountError(f"unknown plan {plan!r}")
+        raise AccountError("unknown plan %(plan)s", plan=repr(plan))
     if await db.fetch_one("user_by_email", {"email": email}) is not None:
-        raise AccountError(f"a user with e-mail {email} already exists")
+        raise AccountError("a user with e-mail %(email)s already exists", email=email)
     now = time.time()
     async with db.transaction() as tx:
         user_id = await tx.insert("user_insert", {
@@ -112,7 +122,7 @@ async def create_key(db: Store, email: str, name: str = "") -> NewKey:
     """Issue a key for the user, within the plan's `max_keys` (0 = unlimited)."""
     user = await db.fetch_one("user_by_email", {"email": normalize_email(email)})
     if user is None:
-        raise AccountError(f"no user with e-mail {email}")
+        raise AccountError("no user with e-mail %(email)s", email=email)
     sub = await db.fetch_one("subscription_by_user", {"user_id": user["id"]})
     plan = await db.fetch_one("plan_by_name", {"name": sub["plan"] if sub else "free"})
     async with db.transaction() as tx:
@@ -120,9 +130,8 @@ async def create_key(db: Store, email: str, name: str = "") -> NewKey:
         active = count_row["n"] if count_row else 0
         if plan is not None and plan["max_keys"] and active >= plan["max_keys"]:
             raise AccountError(
-                f"plan {plan['name']!r} allows {plan['max_keys']} active key(s); "
-                "revoke one or change plan"
-            )
+                "plan %(plan)s allows %(max)d active key(s); revoke one or change plan",
+                plan=repr(plan["name"]), max=plan["max_keys"])
         raw, prefix = generate_key()
         key_id = await tx.insert("key_insert", {
             "user_id": user["id"], "name": name, "prefix": prefix,
@@ -136,9 +145,10 @@ async def revoke_key(db: Store, prefix: str) -> int:
     rows = [r for r in await db.fetch_all("keys_by_prefix", {"prefix": prefix})
             if r["revoked_at"] is None]
     if not rows:
-        raise AccountError(f"no active key with prefix {prefix!r}")
+        raise AccountError("no active key with prefix %(prefix)s", prefix=repr(prefix))
     if len(rows) > 1:
-        raise AccountError(f"prefix {prefix!r} matches {len(rows)} keys")
+        raise AccountError("prefix %(prefix)s matches %(count)d keys", prefix=repr(prefix),
+                           count=len(rows))
     return await db.execute("key_revoke_by_prefix", {"prefix": prefix, "now": time.time()})
 
 
@@ -146,16 +156,16 @@ async def set_user_status(db: Store, email: str, status: str) -> None:
     changed = await db.execute("user_set_status", {
         "email": normalize_email(email), "status": status, "now": time.time()})
     if not changed:
-        raise AccountError(f"no user with e-mail {email}")
+        raise AccountError("no user with e-mail %(email)s", email=email)
 
 
 async def set_plan(db: Store, email: str, plan: str) -> None:
     """Change a user's plan at once (the period and its usage carry on)."""
     user = await db.fetch_one("user_by_email", {"email": normalize_email(email)})
     if user is None:
-        raise AccountError(f"no user with e-mail {email}")
+        raise AccountError("no user with e-mail %(email)s", email=email)
     if await db.fetch_one("plan_by_name", {"name": plan}) is None:
-        raise AccountError(f"unknown plan {plan!r}")
+        raise AccountError("unknown plan %(plan)s", plan=repr(plan))
     await db.execute("subscription_set_plan",
                      {"user_id": user["id"], "plan": plan, "now": time.time()})
 

@@ -119,7 +119,7 @@ async def search_users(db: Store, f: UserFilter, per_page: int = PAGE_SIZE) -> U
 async def user_row(db: Store, user_id: int) -> dict[str, Any]:
     row = await db.fetch_one("admin_user_row", {"id": user_id})
     if row is None:
-        raise AccountError(f"no user with id {user_id}")
+        raise AccountError("no user with id %(id)d", id=user_id)
     return dict(row)
 
 
@@ -147,7 +147,8 @@ async def change_status(db: Store, actor: Actor, user_id: int, status: str,
                         ip: str) -> dict[str, Any]:
     """Suspend or re-activate a user (their keys stop or start working within a second)."""
     if status not in SETTABLE_STATUSES:
-        raise AccountError(f"status must be one of {', '.join(SETTABLE_STATUSES)}")
+        raise AccountError("status must be one of %(statuses)s",
+                           statuses=", ".join(SETTABLE_STATUSES))
     user = await user_row(db, user_id)
     if user["id"] == actor.id:
         raise AccountError("you cannot change the status of your own account")

@@ -174,7 +174,7 @@ async def add_key(db: Store, user_id: int, email: str, name: str) -> NewKey:
     """A new key for the user within the plan's key limit (`AccountError` past it)."""
     name = " ".join(name.split())
     if len(name) > MAX_KEY_NAME:
-        raise AccountError(f"keep the key name under {MAX_KEY_NAME} characters")
+        raise AccountError("keep the key name under %(max)d characters", max=MAX_KEY_NAME)
     return await create_key(db, email, name or "default")
 
 

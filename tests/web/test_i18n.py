@@ -21,9 +21,10 @@ from web import i18n
 
 PO = ROOT / "templates" / "locale" / "zh_CN" / "LC_MESSAGES" / "messages.po"
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "N_": None,
-            "SiteAccountError": None, "PaymentError": None}
+            "SiteAccountError": None, "PaymentError": None, "AccountError": None}
 PLACEHOLDER = re.compile(r"%\([a-z_]+\)[sd]|%%")
 REFRESH = ("pybabel extract -F babel.cfg -k N_ -k SiteAccountError -k PaymentError "
+           "-k AccountError "
            "--no-location --sort-output -o templates/locale/messages.pot . && pybabel update "
            "-i templates/locale/messages.pot -d templates/locale --no-fuzzy-matching, then "
            "translate the new entries")
