@@ -324,14 +324,14 @@ def anthropic_error_from_openai(status: int, body: bytes) -> tuple[int, str, str
     relay marks as not worth a client retry.
     """
     detail = _upstream_message(body)
+    if upstream_account_exhausted(status, body):
+        return 502, "api_error", "the gateway's account at the upstream cannot pay for this " \
+            f"request (HTTP {status}){': ' + detail if detail else ''}"
     if status in (400, 404, 409, 422):
         return 400, "invalid_request_error", \
             detail or f"the upstream rejected the request (HTTP {status})"
     if status in (401, 403):
         return 502, "api_error", CREDENTIALS_REFUSED
-    if status == 402:
-        return 502, "api_error", "the gateway's account at the upstream cannot pay for this " \
-            f"request (HTTP 402){': ' + detail if detail else ''}"
     if status == 413:
         return 413, "request_too_large", \
             detail or "the request is too large for the upstream model"
@@ -345,6 +345,32 @@ def anthropic_error_from_openai(status: int, body: bytes) -> tuple[int, str, str
         f"unexpected upstream response (HTTP {status}){': ' + detail if detail else ''}"
 
 
+# Zhipu GLM puts its own four-digit business code in `error.code` (a string), whatever the
+# HTTP status: 1210/1214 bad parameters at 400 ("messages[20].content[0].text:text cannot
+# be empty", agentscope-ai/QwenPaw#287; continuedev/continue#13261), 1302 rate limit at 429
+# ("您的账户已达到速率限制", KylinMountain/TradingAgents-AShare#228), and 1113 "余额不足或无可用
+# 资源包,请充值。" / "Insufficient balance or no resource package" also at HTTP 429
+# (zhayujie/CowAgent#2910, zai-org/GLM-5#148): an empty account, which no retry fixes.
+GLM_CODE_STATUS = {"1210": 400, "1211": 400, "1214": 400, "1302": 429, "1113": 402}
+
+
+def _error_code(body: bytes) -> Any:
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    return error.get("code") if isinstance(error, dict) else None
+
+
+def upstream_account_exhausted(status: int, body: bytes) -> bool:
+    """The gateway's own account at the upstream cannot pay: HTTP 402, or GLM's code 1113
+    (sent with HTTP 429, which would otherwise look like a rate limit worth retrying)."""
+    if status == 402:
+        return True
+    return b"1113" in body and _error_code(body) == "1113"
+
+
 def error_from_payload(payload: Any) -> tuple[int, str, str, bool]:
     """(client status, error type, message, retryable) for an error sent inside an HTTP 200
     body or stream event (OpenRouter: "any error occurred while the LLM is producing the
@@ -353,8 +379,10 @@ def error_from_payload(payload: Any) -> tuple[int, str, str, bool]:
     error = payload.get("error", payload) if isinstance(payload, dict) else payload
     code: Any = error.get("code") if isinstance(error, dict) else None
     status = code if isinstance(code, int) and 400 <= code <= 599 else None
-    if status is None and isinstance(code, str) and code.isdigit():
-        status = int(code)
+    if status is None and isinstance(code, str):
+        # an HTTP status as a string, or GLM's business code; other codes say nothing
+        status = GLM_CODE_STATUS.get(code) or (
+            int(code) if code.isdigit() and 400 <= int(code) <= 599 else None)
     if status is None:
         text = str(error).lower()
         overloaded = any(h in text for h in ("overload", "capacity", "busy", "try again"))

@@ -181,7 +181,7 @@ class AnthropicProvider:
             body = await read_body(response, self.config)
             raise status_error(self.config.name, response.status,
                                anthropic_error_from_openai(response.status, body),
-                               response.headers.get("retry-after"))
+                               response.headers.get("retry-after"), body)
         if not call.stream:
             raw = await read_body(response, self.config)
             usage = usage_of_message(raw, self.config.name)  # 502 for a malformed answer
@@ -234,10 +234,12 @@ def usage_of_message(raw: bytes, provider: str) -> Usage:
 
 def with_system_messages_folded(body: dict[str, Any]) -> dict[str, Any]:
     """Claude Code 2.1.154+ puts `role: "system"` entries inside `messages` (mid-conversation
-    system messages); DeepSeek's and DashScope's Anthropic endpoints reject them ("messages[1]
-    .role: unknown variant `system`, expected `user` or `assistant`",
-    deepseek-ai/awesome-deepseek-agent#167). Their text is appended to the top-level system
-    prompt, in order, which every Anthropic-compatible endpoint takes."""
+    system messages); DeepSeek's Anthropic endpoint rejects them ("messages[1].role: unknown
+    variant `system`, expected `user` or `assistant`", deepseek-ai/awesome-deepseek-agent
+    #167), and so does vLLM's (a validation error: "Input should be 'user' or
+    'assistant'"). What DashScope's does is not documented (docs/vendors.md). Their text is
+    appended to the top-level system prompt, in order, which every Anthropic-compatible
+    endpoint takes."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not any(
             isinstance(m, dict) and m.get("role") == "system" for m in messages):

@@ -80,7 +80,9 @@ class UpstreamError(Exception):
         self.retry_after = retry_after
         # The upstream's Retry-After as sent (passed on to the client with a final 429).
         self.retry_after_header: str | None = None
-        # True when the upstream refused the gateway's own credentials (401/403).
+        # True when the upstream refused the gateway's own account: its credentials
+        # (401/403) or its balance (402, GLM's 1113). Skipped without a breaker count,
+        # never worth a client retry.
         self.credentials = False
 
 

@@ -19,6 +19,7 @@ from typing import Protocol
 import aiohttp
 
 from gateway.config import ProviderConfig
+from gateway.protocol.openai_response import upstream_account_exhausted
 from gateway.protocol.sse import SSEEventTooLarge
 from gateway.protocol.usage import Usage
 from gateway.providers.base import UpstreamError
@@ -178,12 +179,20 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def status_error(provider: str, status: int, mapped: tuple[int, str, str],
-                 retry_after: str | None) -> UpstreamError:
+                 retry_after: str | None, body: bytes = b"") -> UpstreamError:
     client_status, error_type, message = mapped
     error = UpstreamError(provider, f"status_{status}", message, client_status=client_status,
                           error_type=error_type, retryable=status in RETRYABLE_STATUS,
                           upstream_status=status, retry_after=parse_retry_after(retry_after))
     error.retry_after_header = retry_after.strip() if retry_after else None
+    if upstream_account_exhausted(status, body):
+        # The gateway's account there is empty (402, GLM's 1113 inside a 429): like a
+        # refused key, another provider may answer, but neither this one nor a client
+        # retry will until the operator pays.
+        error.credentials = True
+        error.message = f"provider {provider}: {message}; the operator must top up " \
+                        "this provider's account"
+        return error
     if status in (401, 403):
         # The gateway's own key was refused: another provider may work, but this one will
         # not until the operator fixes the key, and it is not overloaded.

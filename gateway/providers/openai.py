@@ -112,7 +112,7 @@ class OpenAIProvider:
             body = await read_body(response, self.config)
             raise status_error(self.config.name, response.status,
                                anthropic_error_from_openai(response.status, body),
-                               response.headers.get("retry-after"))
+                               response.headers.get("retry-after"), body)
         if not call.stream:
             return self._complete(call, await read_body(response, self.config))
         if response.content_type == "application/json":
@@ -168,7 +168,7 @@ class OpenAIProvider:
             body = await read_body(response, self.config)
             raise status_error(self.config.name, response.status,
                                anthropic_error_from_openai(response.status, body),
-                               response.headers.get("retry-after"))
+                               response.headers.get("retry-after"), body)
         if call.stream and response.content_type == "application/json":
             raise self._error_in_200(await read_body(response, self.config))
         return response

@@ -47,6 +47,10 @@ Knobs (per request, and as server defaults)
 ``status``            answer with this HTTP error status (400-599) and a realistic error body
                       for the protocol (Anthropic: ``overloaded_error`` for 529, ...).
 ``retry_after``       ``Retry-After`` header value on such an error.
+``error_code``        vendor profiles, OpenAI endpoint: the ``error.code`` of such an error
+                      instead of the vendor's usual one (GLM: ``"1113"``, an empty account,
+                      sent with HTTP 429). With a vendor, scripted errors on the OpenAI
+                      endpoint have the vendor's error body shape.
 ``fail_times``        with N > 0, the failure knobs (``status``, ``hang``, ``stall_after``,
                       ``break_after``, scenario ``error_midstream``) apply to the first N
                       requests with the same ``key`` only; later ones behave normally
@@ -194,6 +198,7 @@ from gateway.testing.vendors import (
     check_request,
     openrouter_error_in_200,
     thinking_active,
+    vendor_error_body,
 )
 
 Protocol = Literal["openai", "anthropic"]
@@ -263,6 +268,7 @@ class Script:
     text: str | None = None
     status: int = 0
     retry_after: str | None = None
+    error_code: str | None = None
     fail_times: int = 0
     key: str = ""
     hang: bool = False
@@ -385,6 +391,7 @@ _KNOBS: dict[str, Callable[[str, object], object]] = {
     "text": _opt_str,
     "status": _status,
     "retry_after": _retry_after,
+    "error_code": _opt_str,
     "fail_times": _int,
     "key": _str,
     "hang": _bool,
@@ -867,6 +874,10 @@ class Usage(NamedTuple):
     completion: int
     reasoning: int
     created: int = 0  # prompt tokens written to the cache (part of `prompt`, not of `cached`)
+    # False: the vendor has no cache figures at all. Ollama's Anthropic endpoint reports
+    # only input_tokens and output_tokens (its Usage struct, ollama/ollama
+    # anthropic/anthropic.go).
+    cache_fields: bool = True
 
     def openai(self, vendor: Vendor | None = None) -> dict[str, Any]:
         usage: dict[str, Any] = {
@@ -893,6 +904,8 @@ class Usage(NamedTuple):
         return usage
 
     def anthropic(self, output_tokens: int) -> dict[str, Any]:
+        if not self.cache_fields:
+            return {"input_tokens": self.prompt, "output_tokens": output_tokens}
         return {
             "input_tokens": self.prompt - self.cached - self.created,
             "output_tokens": output_tokens,
@@ -1246,9 +1259,15 @@ class FakeUpstream:
         return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
     def _answer_error(
-        self, protocol: Protocol, status: int, message: str, retry_after: str | None = None
+        self, protocol: Protocol, status: int, message: str, retry_after: str | None = None,
+        code: str | None = None,
     ) -> web.Response:
         self.stats.answered(status)
+        if self.vendor is not None and protocol == "openai":
+            headers = {"Retry-After": retry_after} if retry_after else None
+            return web.Response(status=status, content_type="application/json",
+                                headers=headers, body=orjson.dumps(
+                                    vendor_error_body(self.vendor, status, message, code)))
         return _error_response(protocol, status, message, retry_after)
 
     def _record(self, request: web.Request, endpoint: str, raw: bytes) -> RequestRecord:
@@ -1380,7 +1399,8 @@ class FakeUpstream:
             raise _ClientGone
         if script.status:
             message = f"scripted {script.status} error"
-            return self._answer_error(protocol, script.status, message, script.retry_after)
+            return self._answer_error(protocol, script.status, message, script.retry_after,
+                                      script.error_code)
         answer = self._answer(script, body, protocol)
         vendor = self.vendor
         if vendor is not None and thinking_active(vendor, body, protocol) and not any(
@@ -1395,8 +1415,10 @@ class FakeUpstream:
         if script.cached_tokens is not None:
             cached = script.cached_tokens
         cached = min(cached, prompt)
-        usage = Usage(prompt, cached, len(answer.pieces), answer.reasoning_tokens,
-                      min(script.cache_creation_tokens, prompt - cached))
+        created = min(script.cache_creation_tokens, prompt - cached)
+        caches = vendor is None or vendor.cache_style != "none"
+        usage = Usage(prompt, cached if caches else 0, len(answer.pieces),
+                      answer.reasoning_tokens, created if caches else 0, caches)
         model = str(body.get("model") or FAKE_MODELS[0])
         if stream:
             return await self._stream(request, protocol, script, answer, usage, model, body)

@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["VENDORS", "Rejection", "Vendor", "check_request", "thinking_active"]
+__all__ = ["VENDORS", "Rejection", "Vendor", "check_request", "thinking_active",
+           "vendor_error_body"]
 
 Protocol = Literal["openai", "anthropic"]
 
@@ -180,6 +181,10 @@ VENDORS: dict[str, Vendor] = {
         # "none" turns it off, and "the native Ollama parameter think: true/false does not
         # work on this endpoint" (ollama/ollama#14820, documented by ollama/ollama#14821).
         thinking_default=True, thinking_param="ollama",
+        # Its Anthropic endpoint (/v1/messages, ollama/ollama anthropic/anthropic.go): a
+        # `role: "system"` message is passed on as a system message (no 400), `thinking`
+        # {type: enabled|disabled} sets `think`, and usage has only input_tokens and
+        # output_tokens (no cache fields: cache_style "none" covers both endpoints).
     ),
     "llamacpp": Vendor(
         "llamacpp", ("openai",),
@@ -240,6 +245,9 @@ def check_request(vendor: Vendor, body: Mapping[str, Any],
 
 
 def _check_anthropic(vendor: Vendor, body: Mapping[str, Any]) -> Rejection | None:
+    # Only DeepSeek's refusal of `role: "system"` is documented; DashScope's is not (its
+    # Anthropic page shows user/assistant only) and Ollama's source passes the entry on, so
+    # neither refuses it here (docs/vendors.md, "What we could not verify").
     messages = _messages(body)
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
@@ -376,6 +384,16 @@ def _openai_param_error(message: str, param: str, code: str) -> dict[str, Any]:
                       "code": code}}
 
 
+def vendor_error_body(vendor: Vendor, status: int, message: str,
+                      code: str | None = None) -> dict[str, Any]:
+    """An error body of the vendor's OpenAI endpoint (`code` overrides its error code)."""
+    body = _error(vendor, status, message)
+    if code is not None:
+        error = body.get("error")
+        (error if isinstance(error, dict) else body)["code"] = code
+    return body
+
+
 def _error(vendor: Vendor, status: int, message: str) -> dict[str, Any]:
     """An error body in the vendor's shape."""
     if vendor.error_shape == "dashscope":
@@ -385,9 +403,14 @@ def _error(vendor: Vendor, status: int, message: str) -> dict[str, Any]:
                           "code": "invalid_parameter_error"},
                 "id": "chatcmpl-fake", "request_id": "fake-request"}
     if vendor.error_shape == "glm":
-        # {"error": {"code": "1214", "message": ...}} (Zhipu error codes; 1214 = bad
-        # parameter, as in deepseek-ai/DeepSeek-V3#1103's "1211" for an unknown model).
-        return {"error": {"code": "1214", "message": message}}
+        # {"error": {"code": "<four digits>", "message": ...}}, the code a string: "1214" for
+        # a bad parameter at HTTP 400 ("messages[20].content[0].text:text cannot be empty",
+        # agentscope-ai/QwenPaw#287; "The messages parameter is illegal",
+        # continuedev/continue#13261), "1302" for the rate limit at HTTP 429 ("您的账户已达到
+        # 速率限制，请您控制请求频率", KylinMountain/TradingAgents-AShare#228). An empty account
+        # is "1113", also at 429 (zhayujie/CowAgent#2910): the `error_code` knob. Codes of
+        # other statuses are not documented where we could read them: "1214" stands in.
+        return {"error": {"code": "1302" if status == 429 else "1214", "message": message}}
     if vendor.error_shape == "vllm":
         # vLLM: {"object": "error", "message", "type", "param", "code"} (same HF discussion).
         return {"object": "error", "message": message, "type": "BadRequestError",

@@ -329,6 +329,33 @@ async def test_upstream_429_keeps_retry_after(tmp_path: Path) -> None:
         assert info.value.response.headers["retry-after"] == "30"
 
 
+@pytest.mark.parametrize("stream", [True, False])
+async def test_glm_empty_account_is_said_once_not_retried_as_a_rate_limit(
+        tmp_path: Path, stream: bool) -> None:
+    """GLM answers an empty account with HTTP 429 and code 1113: not a rate limit. The
+    gateway does not retry it, does not trip the breaker, and tells the client it is final."""
+    async with rig("glm", "openai", tmp_path, routing={"max_attempts": 3}) as r:
+        body = claude_code_body('[[fake:{"status":429,"error_code":"1113"}]]',
+                                thinking={"type": "disabled"})
+        with pytest.raises(anthropic.APIStatusError) as info:
+            if stream:
+                await final_of(r.sdk, body)
+            else:
+                await r.sdk.messages.create(**{**body, "max_tokens": 8000})
+        assert info.value.status_code == 502
+        assert info.value.response.headers["x-should-retry"] == "false"
+        assert "cannot pay" in str(info.value.message) and "top up" in str(info.value.message)
+        assert (await r.stats())["total_requests"] == 1
+        assert r.gw.breakers["glm"].state == "closed"
+        # the same status with GLM's rate-limit code stays a retryable 429
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            await r.sdk.messages.create(**claude_code_body(
+                '[[fake:{"status":429,"retry_after":"3"}]]', max_tokens=8000,
+                thinking={"type": "disabled"}))
+        assert limited.value.response.headers["retry-after"] == "3"
+        assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+
+
 async def test_get_model_by_id(tmp_path: Path) -> None:
     """Item 12."""
     async with rig("deepseek", "openai", tmp_path) as r:

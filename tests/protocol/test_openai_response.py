@@ -314,3 +314,19 @@ def test_unparseable_error_bodies_still_give_a_message(body: bytes) -> None:
 def test_anthropic_shaped_error_bodies_are_understood() -> None:
     body = b'{"type":"error","error":{"type":"invalid_request_error","message":"bad model"}}'
     assert anthropic_error_from_openai(404, body) == (400, "invalid_request_error", "bad model")
+
+
+def test_glm_business_codes_inside_a_200_are_not_http_statuses() -> None:
+    """GLM's `error.code` is a four-digit string ("1214"), never an HTTP status: 1214 is a
+    bad request, 1302 a rate limit, 1113 an empty account; an unknown code says nothing."""
+    from gateway.protocol.openai_response import error_from_payload
+
+    assert error_from_payload({"error": {"code": "1214", "message": "bad"}})[:2] == \
+        (400, "invalid_request_error")
+    assert error_from_payload({"error": {"code": "1302", "message": "slow down"}})[1:2] == \
+        ("rate_limit_error",)
+    status, _, message, retryable = error_from_payload(
+        {"error": {"code": "1113", "message": "余额不足或无可用资源包,请充值。"}})
+    assert (status, retryable) == (502, False) and "余额不足" in message
+    _, _, message, _ = error_from_payload({"error": {"code": "9999", "message": "odd"}})
+    assert "HTTP 9999" not in message and "odd" in message
