@@ -42,6 +42,9 @@ from tests.helpers.gateway import Gateway, make_config  # noqa: E402
 
 CLAUDE_CODE_SHAPES = "2.1.x"  # request shapes of Claude Code 2.1.x (see tests/e2e)
 DOC = ROOT / "docs" / "compatibility.md"
+# What the last run of the real Claude Code CLI recorded (tests/e2e/claude_code_e2e.py
+# --vendor all --task agent --record): the CLI's version and a result per row.
+CLI_RESULTS = ROOT / "tests" / "e2e" / "claude_code_results.json"
 MODEL = "claude-sonnet-4-6"
 PNG = base64.b64encode(bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -299,11 +302,10 @@ def reported_usage(r: Rig, thinks: bool) -> tuple[int, int, int, int]:
     `input_tokens` excludes both."""
     vendor = VENDORS[r.vendor]
     cached, created = USAGE_PROBE["cached_tokens"], USAGE_PROBE["cache_creation_tokens"]
-    if r.protocol == "openai":
-        if vendor.cache_style == "none":
-            cached = 0
-        if vendor.cache_style == "none" or not vendor.reports_cache_creation:
-            created = 0
+    if vendor.cache_style == "none":  # no cache figures on either endpoint (Ollama)
+        cached = created = 0
+    elif r.protocol == "openai" and not vendor.reports_cache_creation:
+        created = 0
     output = USAGE_PROBE["chunks"] * (2 if thinks else 1)  # the vendor's thinking counts
     return USAGE_PROBE["prompt_tokens"] - cached - created, output, cached, created
 
@@ -336,7 +338,7 @@ async def check_usage(r: Rig) -> Result:
 
 
 async def check_cache(r: Rig) -> Result:
-    if r.protocol == "openai" and VENDORS[r.vendor].cache_style == "none":
+    if VENDORS[r.vendor].cache_style == "none":
         return None, "the vendor reports no cache hits"
     final = await final_of(r.sdk, claude_code_body('[[fake:{"cached_tokens":64}]]',
                                                    thinking={"type": "disabled"}))
@@ -428,7 +430,52 @@ def render(matrix: dict[tuple[str, str], dict[str, Result]]) -> str:
         lines.append(f"| {vendor} | {protocol} | " + " | ".join(cells) + " |")
     if notes:
         lines += ["", "Notes:", "", *notes]
+    lines += cli_section(matrix)
     return "\n".join(lines) + "\n"
+
+
+def cli_section(matrix: dict[tuple[str, str], dict[str, Result]]) -> list[str]:
+    """The real Claude Code CLI's run of the agent task per row, from CLI_RESULTS: the
+    version it was checked with, and which rows it has not been run on."""
+    try:
+        data = json.loads(CLI_RESULTS.read_text())
+    except (OSError, ValueError):
+        data = {}
+    rows = data.get("rows") if isinstance(data.get("rows"), dict) else {}
+    version = str(data.get("claude_code") or "")
+    lines = ["", "## With the real Claude Code CLI", ""]
+    if not version:
+        return [*lines, "Not run yet: `python tests/e2e/claude_code_e2e.py --vendor all "
+                "--task agent --record`."]
+    lines += [
+        f"Checked with Claude Code {version} on {data.get('date')} "
+        "(`python tests/e2e/claude_code_e2e.py --vendor all --task agent --record`): in "
+        "print mode, with thinking on, Claude Code reads a file, then writes a copy and "
+        "runs a command in parallel, then answers; every upstream call must reach the "
+        "vendor as one it thinks on, and every usage row must say success. Then it is run "
+        "with a wrong key, which must fail in under 5 s after exactly one request (401, "
+        "`x-should-retry: false`) with the gateway's message; when only the CLI's own "
+        "start-up made a run slower (a loaded machine), it is run again, up to 3 times, "
+        "and every run's time is listed.",
+        "",
+    ]
+    for vendor, protocol in matrix:
+        row = rows.get(f"{vendor}/{protocol}")
+        if not isinstance(row, dict):
+            lines.append(f"- {vendor} / {protocol}: not run with this version")
+            continue
+        wrong = row.get("wrong_key") or {}
+        runs = row.get("wrong_key_runs") or [wrong]
+        walls = ", ".join(f"{r.get('seconds')} s" for r in runs)
+        verdict = "passed" if row.get("passed") else "**failed**"
+        lines.append(
+            f"- {vendor} / {protocol}: {verdict}, {row.get('upstream_calls')} upstream calls "
+            f"in {row.get('seconds')} s; wrong key failed in {walls} after "
+            f"{wrong.get('message_requests')} request(s) (last run: CLI start-up to its "
+            f"request {wrong.get('startup_seconds')} s, answer to exit "
+            f"{wrong.get('after_answer_seconds')} s)")
+        lines += [f"  - {problem}" for problem in row.get("problems") or []]
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,15 @@ def test_script_arguments_default_to_both_protocols() -> None:
     with pytest.raises(SystemExit) as exc:
         e2e.parse_args(["--protocol", "grpc"])
     assert exc.value.code == 2
+    every = e2e.parse_args(["--vendor", "all", "--task", "agent", "--record"])
+    assert (every.vendor, every.task, every.record) == ("all", "agent", True)
+
+
+def test_record_needs_the_real_cli() -> None:
+    """--record must never write dry-run (SDK) results as if Claude Code had produced them."""
+    done = run_script("--dry-run", "--vendor", "ollama", "--task", "agent", "--record",
+                      timeout=180)
+    assert done.returncode == 1 and "nothing recorded" in done.stdout
 
 
 @pytest.mark.parametrize(("protocol", "base_url"), [
