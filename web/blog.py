@@ -12,12 +12,17 @@ A post is a file `SLUG.md` that starts with a front matter block:
 Markdown is rendered by markdown-it-py with raw HTML switched off (any `<tag>` in a post
 is shown as text, never passed through) and its link validation on (no `javascript:`).
 Images must be served by this site: a post that points at another host fails to load.
+
+Every post is written in English (`SLUG.md`, required); `SLUG.zh-CN.md` beside it is its
+Chinese version, with its own front matter (the same `date`). The site shows the version
+in the visitor's language and falls back to English with a note; a translation without
+its English post is an error (the English file is what the slug, date and list come from).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -26,6 +31,8 @@ from markdown_it.token import Token
 
 REQUIRED = ("title", "date", "category", "description")
 _SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+SOURCE_LANGUAGE = "en"
+TRANSLATIONS = ("zh-CN",)  # file suffixes: SLUG.zh-CN.md
 
 
 class BlogError(Exception):
@@ -41,14 +48,28 @@ class Post:
     description: str
     html: str
     words: int
+    lang: str = SOURCE_LANGUAGE
+    category_key: str = ""  # the English category (slug and filter), also on translations
+    translations: dict[str, Post] = field(default_factory=dict, compare=False)
 
     @property
     def category_slug(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", self.category.lower()).strip("-")
+        return re.sub(r"[^a-z0-9]+", "-", (self.category_key or self.category).lower()
+                      ).strip("-")
 
     @property
     def reading_minutes(self) -> int:
-        return max(1, round(self.words / 220))
+        # about 220 English words or 400 Chinese characters a minute
+        per_minute = 400 if self.lang == "zh-CN" else 220
+        return max(1, round(self.words / per_minute))
+
+    def in_language(self, language: str) -> Post:
+        """This post in `language` when it has that version, else itself (English)."""
+        return self.translations.get(language, self)
+
+    @property
+    def languages(self) -> list[str]:
+        return [SOURCE_LANGUAGE, *self.translations]
 
 
 def markdown_renderer() -> MarkdownIt:
@@ -86,10 +107,19 @@ def _check_images(tokens: list[Token], source: str) -> None:
             _check_images(token.children, source)
 
 
+def split_name(path: Path) -> tuple[str, str]:
+    """`my-post.zh-CN.md` -> ("my-post", "zh-CN"); `my-post.md` -> ("my-post", "en")."""
+    stem = path.stem
+    for language in TRANSLATIONS:
+        if stem.endswith("." + language):
+            return stem[: -len(language) - 1], language
+    return stem, SOURCE_LANGUAGE
+
+
 def load_post(path: Path, md: MarkdownIt | None = None) -> Post:
     md = md or markdown_renderer()
     source = path.name
-    slug = path.stem
+    slug, language = split_name(path)
     if not _SLUG.match(slug):
         raise BlogError(f"{source}: the file name must be a slug like 'my-first-post.md'")
     meta, body = split_front_matter(path.read_text(encoding="utf-8"), source)
@@ -102,13 +132,28 @@ def load_post(path: Path, md: MarkdownIt | None = None) -> Post:
         raise BlogError(f"{source}: date must look like 2025-11-20, got {meta['date']!r}") from None
     tokens = md.parse(body)
     _check_images(tokens, source)
+    # Chinese has no spaces between words: count its characters instead
+    words = (len(re.findall(r"[\u3400-\u9fff]", body)) + len(re.findall(r"[A-Za-z0-9]+", body))
+             if language == "zh-CN" else len(body.split()))
     return Post(slug=slug, title=meta["title"], published=published,
                 category=meta["category"], description=meta["description"],
-                html=md.renderer.render(tokens, md.options, {}), words=len(body.split()))
+                html=md.renderer.render(tokens, md.options, {}), words=words, lang=language)
 
 
 def load_posts(directory: Path) -> list[Post]:
-    """Every post in the folder, newest first."""
+    """Every English post in the folder, newest first, each with its translations."""
     md = markdown_renderer()
-    posts = [load_post(p, md) for p in sorted(directory.glob("*.md"))]
-    return sorted(posts, key=lambda p: (p.published, p.slug), reverse=True)
+    loaded = [load_post(p, md) for p in sorted(directory.glob("*.md"))]
+    english = {p.slug: p for p in loaded if p.lang == SOURCE_LANGUAGE}
+    for post in loaded:
+        if post.lang == SOURCE_LANGUAGE:
+            continue
+        original = english.get(post.slug)
+        if original is None:
+            raise BlogError(f"{post.slug}.{post.lang}.md: translates a post that does not "
+                            f"exist ({post.slug}.md)")
+        if post.published != original.published:
+            raise BlogError(f"{post.slug}.{post.lang}.md: date {post.published} differs from "
+                            f"{post.slug}.md ({original.published})")
+        original.translations[post.lang] = replace(post, category_key=original.category)
+    return sorted(english.values(), key=lambda p: (p.published, p.slug), reverse=True)
