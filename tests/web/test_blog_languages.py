@@ -52,7 +52,7 @@ def test_every_shipped_post_has_a_chinese_version() -> None:
 
 def test_a_translation_needs_its_english_post_and_the_same_date(tmp_path: Path) -> None:
     write(tmp_path, "lonely.zh-CN.md", "孤单", "只有中文。")
-    with pytest.raises(BlogError, match="lonely.zh-CN.md: translates a post"):
+    with pytest.raises(BlogError, match=r"lonely\.zh-CN\.md: translates a post"):
         load_posts(tmp_path)
     write(tmp_path, "lonely.md", "Lonely", "English.", date="2025-11-30")
     with pytest.raises(BlogError, match="date 2025-12-01 differs"):
