@@ -265,7 +265,6 @@ class RemoteConfig:
 
 
 ALIPAY_GATEWAY = "https://openapi.alipay.com/gateway.do"
-ALIPAY_SANDBOX_GATEWAY = "https://openapi-sandbox.dl.alipaydev.com/gateway.do"
 NOTIFY_PATH = "/api/payment/notify"
 
 

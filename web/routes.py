@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from gateway.paths import GOOGLE_CALLBACK
-from web import admin, admin_orders, api, auth, dashboard, pages, payment, remote
+from web import admin, admin_orders, api, auth, dashboard, legal, pages, payment, remote
 
 
 def add_routes(app: web.Application) -> None:
@@ -19,7 +19,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/sitemap.xml", pages.sitemap)
     r.add_get("/robots.txt", pages.robots)
     r.add_get("/sitemap", pages.sitemap_page, name="sitemap")
-    for legal_page in ("terms", "privacy", "refunds"):
+    for legal_page in legal.PAGES:
         r.add_get(f"/{legal_page}", pages.legal_page, name=legal_page)
     # accounts
     r.add_get("/login", auth.login_page, name="login")

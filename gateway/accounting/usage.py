@@ -100,8 +100,6 @@ class UsageRecorder:
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
-        self.rows_written = 0
-        self.rows_dropped = 0
 
     def row_of(self, rec: UsageRecord) -> dict[str, Any]:
         usage = rec.usage
@@ -179,7 +177,6 @@ class UsageRecorder:
                 self._room.set()
         if self.journal is not None:
             self.journal.committed([r["request_id"] for r in rows])
-        self.rows_written += len(written)
         return len(written)
 
     async def _write(self, rows: list[dict[str, Any]], deltas: list[CounterDelta],
@@ -198,7 +195,6 @@ class UsageRecorder:
                         await tx.execute("usage_insert", row)
                     except _ROW_ERRORS as exc:
                         await tx.execute("usage_row_rollback")
-                        self.rows_dropped += 1
                         log.error("usage row %s dropped: %s: %s", row.get("request_id"),
                                   type(exc).__name__, exc)
                     else:
@@ -310,7 +306,6 @@ def interrupted_row(start: dict[str, Any]) -> dict[str, Any]:
 class NoopRecorder:
     """Accounting switched off (benchmarks measure the accountant's cost against this)."""
 
-    rows_written = 0
     pending = 0
     journal = None
 

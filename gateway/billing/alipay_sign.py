@@ -62,13 +62,6 @@ def load_public_key(text: str) -> rsa.RSAPublicKey:
     return key
 
 
-def public_key_body(key: rsa.RSAPublicKey) -> str:
-    """The bare base64 SubjectPublicKeyInfo, as Alipay's console shows and asks for it."""
-    der = key.public_bytes(serialization.Encoding.DER,
-                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    return base64.b64encode(der).decode("ascii")
-
-
 def sign_content(params: Mapping[str, str], *, exclude_sign_type: bool = False) -> str:
     """The text that is signed: non-empty parameters but `sign` (and, for notifications,
     `sign_type`), sorted by name, joined `k=v&...` without URL encoding."""

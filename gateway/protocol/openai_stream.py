@@ -77,15 +77,13 @@ class OpenAIStreamConverter:
         model: str,
         message_id: str,
         input_tokens: int = 0,
-        stop_sequences: list[str] | None = None,
     ) -> None:
         self._model = model
         self._message_id = message_id
         self._input_estimate = input_tokens
-        # OpenAI does not say which stop string ended the text, and it strips the match from
-        # the output, so the emitted text cannot show it either: a `stop` finish stays
-        # `end_turn` with `stop_sequence: null` even when the client sent stop_sequences.
-        self._stop_sequences = stop_sequences
+        # No stop_sequences here: OpenAI does not say which stop string ended the text and
+        # strips the match from the output, so a `stop` finish is `end_turn` with
+        # `stop_sequence: null` whatever the client sent.
         self._parser = SSEParser()
         self._out: list[bytes] = []
         self._started = False

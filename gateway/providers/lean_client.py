@@ -97,7 +97,6 @@ class _Connection(asyncio.Protocol):
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.idle_since = 0.0
         self.expires = 0.0   # loop time after which this idle connection is not reused
         self.response: LeanResponse | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -486,7 +485,6 @@ class _HostPool:
         if keep <= 0:
             conn.close()
             return
-        conn.idle_since = now
         conn.expires = now + keep
         idle = self.idle
         while idle and (idle[0].closed or idle[0].expires <= now):  # oldest first

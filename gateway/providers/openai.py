@@ -119,9 +119,7 @@ class OpenAIProvider:
             # A stream request answered with a JSON body: an error in an HTTP 200.
             raw = await read_body(response, self.config)
             raise self._error_in_200(raw)
-        stop = call.body.get("stop_sequences")
-        conv = OpenAIStreamConverter(call.client_model, call.message_id, call.input_estimate,
-                                     stop if isinstance(stop, list) else None)
+        conv = OpenAIStreamConverter(call.client_model, call.message_id, call.input_estimate)
         reply = OpenAIStreamReply(response, conv, self.config.name)
         await reply.start(self.config)
         return reply

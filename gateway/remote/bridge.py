@@ -81,13 +81,6 @@ class Terminal:
                 continue
             view = view[written:]
 
-    def exited(self) -> bool:
-        try:
-            pid, _ = os.waitpid(self.pid, os.WNOHANG)
-        except ChildProcessError:
-            return True
-        return pid != 0
-
     def stop(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGHUP)

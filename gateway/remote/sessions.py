@@ -88,7 +88,3 @@ async def connection_opened(db: Store, session_id: str, user_id: int, role: str)
 async def connection_closed(db: Store, connection_id: int, reason: str) -> None:
     await db.execute("remote_connection_end", {"id": connection_id, "now": time.time(),
                                                "reason": reason})
-
-
-async def connections_of(db: Store, session_id: str) -> list[Any]:
-    return await db.fetch_all("remote_connections_of_session", {"session_id": session_id})

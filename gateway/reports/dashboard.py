@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from gateway.accounts.users import AccountError, NewKey, create_key
@@ -189,7 +189,3 @@ async def revoke_own_key(db: Store, user_id: int, key_id: int) -> None:
 async def list_orders(db: Store, user_id: int, limit: int = 100) -> list[dict[str, Any]]:
     return [dict(r) for r in await db.fetch_all("dash_orders",
                                                  {"user_id": user_id, "limit": limit})]
-
-
-def utc(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)

@@ -579,7 +579,7 @@ def test_finish_tool_calls_without_any_call_reports_end_turn() -> None:
 
 
 def test_stop_sequence_stays_null_because_upstream_does_not_say_which_matched() -> None:
-    events = run(chunk({"content": "x"}, "stop"), USAGE, stop_sequences=["END"])
+    events = run(chunk({"content": "x"}, "stop"), USAGE)
     assert message_delta(events)["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
 
 
