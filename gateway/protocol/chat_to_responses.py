@@ -20,6 +20,12 @@ change between added and done):
                  output_text.done, content_part.done, output_item.done
       function:  output_item.added, function_call_arguments.delta*,
                  function_call_arguments.done, output_item.done
+      custom:    output_item.added, custom_tool_call_input.delta,
+                 custom_tool_call_input.done, output_item.done
+                 (a call of a `custom` tool, `ResponsesContext.custom_tools`: the Chat
+                 arguments `{"input": ...}` are buffered and the raw input is sent as one
+                 delta when the call closes, since a JSON string cannot be decoded piece by
+                 piece without a streaming JSON parser)
     response.completed (or response.incomplete for `length` / `content_filter`,
     response.failed when the upstream broke), with the whole response and its usage.
 
@@ -35,7 +41,7 @@ from typing import Any
 
 import orjson
 
-from gateway.protocol.responses_to_chat import ResponsesContext
+from gateway.protocol.responses_to_chat import ResponsesContext, custom_input
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -110,6 +116,12 @@ def _call_item(item_id: str, call_id: str, name: str, arguments: str,
             "name": name, "arguments": arguments}
 
 
+def _custom_item(item_id: str, call_id: str, name: str, raw: str) -> dict[str, Any]:
+    """A `custom_tool_call` output item (openai-python `ResponseCustomToolCall`)."""
+    return {"id": item_id, "type": "custom_tool_call", "status": "completed",
+            "call_id": call_id, "name": name, "input": raw}
+
+
 def completion_to_response(completion: dict[str, Any], ctx: ResponsesContext,
                            response_id: str, created_at: int) -> dict[str, Any]:
     """A whole `chat.completion` as a `response` object."""
@@ -130,11 +142,16 @@ def completion_to_response(completion: dict[str, Any], ctx: ResponsesContext,
     for k, call in enumerate(message.get("tool_calls") or ()):
         function = call.get("function") or {}
         arguments = function.get("arguments")
-        output.append(_call_item(f"fc_{base}_{len(output)}",
-                                 str(call.get("id") or f"call_{base}_{k}"),
-                                 str(function.get("name") or ""),
-                                 arguments if isinstance(arguments, str)
-                                 else orjson.dumps(arguments or {}).decode(), "completed"))
+        arguments = arguments if isinstance(arguments, str) \
+            else orjson.dumps(arguments or {}).decode()
+        call_id = str(call.get("id") or f"call_{base}_{k}")
+        name = str(function.get("name") or "")
+        if name in ctx.custom_tools:
+            output.append(_custom_item(f"ctc_{base}_{len(output)}", call_id, name,
+                                       custom_input(arguments)))
+        else:
+            output.append(_call_item(f"fc_{base}_{len(output)}", call_id, name, arguments,
+                                     "completed"))
     status, incomplete = _status(choice.get("finish_reason"))
     return response_object(ctx, response_id, created_at, status, output,
                            responses_usage(completion.get("usage")), incomplete)
@@ -142,6 +159,7 @@ def completion_to_response(completion: dict[str, Any], ctx: ResponsesContext,
 
 class _Item:
     __slots__ = ("call_id", "id", "index", "kind", "name", "signature", "text")
+    # kind: "reasoning", "message", "function_call" or "custom_tool_call"
 
     def __init__(self, kind: str, item_id: str, index: int) -> None:
         self.kind = kind
@@ -247,6 +265,18 @@ class ChatToResponses:
     def _close_calls(self, out: list[bytes]) -> None:
         for item in sorted(self._calls.values(), key=lambda i: i.index):
             arguments = item.text if item.text.strip() else "{}"
+            if item.kind == "custom_tool_call":
+                raw = custom_input(arguments)
+                if raw:
+                    self._event(out, "response.custom_tool_call_input.delta",
+                                item_id=item.id, output_index=item.index, delta=raw)
+                self._event(out, "response.custom_tool_call_input.done", item_id=item.id,
+                            output_index=item.index, input=raw)
+                done = _custom_item(item.id, item.call_id, item.name, raw)
+                self._done_items[item.index] = done
+                self._event(out, "response.output_item.done", output_index=item.index,
+                            item=done)
+                continue
             self._event(out, "response.function_call_arguments.done", item_id=item.id,
                         output_index=item.index, name=item.name, arguments=arguments)
             done = _call_item(item.id, item.call_id, item.name, arguments, "completed")
@@ -304,19 +334,26 @@ class ChatToResponses:
         item = self._calls.get(k)
         if item is None:
             self._close_open(out)
-            item = self._new("function_call", "fc")
+            name = function.get("name") or ""
+            custom = name in self._ctx.custom_tools
+            item = self._new("custom_tool_call" if custom else "function_call",
+                             "ctc" if custom else "fc")
             item.call_id = call.get("id") or f"call_{self._base}_{k}"
-            item.name = function.get("name") or ""
+            item.name = name
             self._calls[k] = item
+            added = {"id": item.id, "type": "custom_tool_call", "status": "in_progress",
+                     "call_id": item.call_id, "name": name, "input": ""} if custom \
+                else _call_item(item.id, item.call_id, item.name, "", "in_progress")
             self._event(out, "response.output_item.added", output_index=item.index,
-                        item=_call_item(item.id, item.call_id, item.name, "", "in_progress"))
+                        item=added)
         elif not item.name and function.get("name"):
             item.name = function["name"]
         arguments = function.get("arguments")
         if isinstance(arguments, str) and arguments:
             item.text += arguments
-            self._event(out, "response.function_call_arguments.delta", item_id=item.id,
-                        output_index=item.index, delta=arguments)
+            if item.kind == "function_call":
+                self._event(out, "response.function_call_arguments.delta", item_id=item.id,
+                            output_index=item.index, delta=arguments)
 
     def end(self) -> bytes:
         """The upstream finished: close every item and complete the response."""

@@ -17,16 +17,24 @@ Stateless: the gateway stores no responses. `previous_response_id`, `conversatio
 send the whole conversation in `input` (Codex CLI does, with `store: false`).
 
 Tools: `function` tools (and the function tools inside a `namespace` group) are served.
-Built-in tools (web_search, file_search, code_interpreter, computer use, image generation,
-mcp, local_shell, custom/freeform, ...) cannot be served by these upstreams: they are
-dropped and named in `ResponsesContext.dropped_tools` (the ingress reports them in the
-`x-llmapi-dropped-tools` header); a `tool_choice` that forces one of them is refused.
+`custom` tools (free-form input, optionally constrained by a grammar: Codex's
+`apply_patch`) become a function tool with one string parameter, `input`, whose
+description carries the tool's own description and its grammar; the reply side
+(`chat_to_responses`) turns a call of it back into a `custom_tool_call` with the raw input,
+and `custom_tool_call` / `custom_tool_call_output` input items go up as that function's
+call and result. `ResponsesContext.custom_tools` names them. Built-in tools (web_search,
+file_search, code_interpreter, computer use, image generation, mcp, local_shell, ...)
+cannot be served by these upstreams: they are dropped and named in
+`ResponsesContext.dropped_tools` (the ingress reports them in the `x-llmapi-dropped-tools`
+header); a `tool_choice` that forces one of them is refused.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from gateway.protocol.chat_to_anthropic import ConversionError
 
@@ -53,6 +61,33 @@ class ResponsesContext:
     metadata: dict[str, Any] = field(default_factory=dict)
     include_encrypted: bool = False
     dropped_tools: list[str] = field(default_factory=list)
+    custom_tools: set[str] = field(default_factory=set)  # names of `custom` tools
+
+
+# The one parameter a `custom` tool becomes for a Chat upstream, and what the model is told.
+CUSTOM_INPUT = "input"
+CUSTOM_NOTE = ("This tool takes free-form text, not JSON arguments: put the tool's whole raw "
+               "input, exactly as the tool expects it, in the `input` string.")
+
+
+def custom_input(arguments: str) -> str:
+    """The raw input of a `custom` tool call from the Chat arguments the model produced:
+    `{"input": "..."}` as asked, else a lone string value, else the arguments as they are
+    (a model that ignored the schema still gets its text through)."""
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return arguments
+    if isinstance(parsed, dict):
+        value = parsed.get(CUSTOM_INPUT)
+        if isinstance(value, str):
+            return value
+        strings = [v for v in parsed.values() if isinstance(v, str)]
+        if len(parsed) == 1 and strings:
+            return strings[0]
+    elif isinstance(parsed, str):
+        return parsed
+    return arguments
 
 
 def _is_int(value: Any) -> bool:
@@ -232,10 +267,21 @@ def _add_items(messages: list[dict[str, Any]], items: list[Any]) -> None:
                 "id": call_id, "type": "function",
                 "function": {"name": name,
                              "arguments": arguments if isinstance(arguments, str) else "{}"}})
-        elif kind == "function_call_output":
+        elif kind == "custom_tool_call":
+            call_id, name, raw = item.get("call_id"), item.get("name"), item.get("input")
+            if not isinstance(call_id, str) or not isinstance(name, str) \
+                    or not isinstance(raw, str):
+                raise ConversionError(f"{where}: custom_tool_call needs call_id, name and "
+                                      "input", where)
+            message = _open_assistant(messages)
+            message.setdefault("tool_calls", []).append({
+                "id": call_id, "type": "function",
+                "function": {"name": name,
+                             "arguments": orjson.dumps({CUSTOM_INPUT: raw}).decode()}})
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             call_id = item.get("call_id")
             if not isinstance(call_id, str):
-                raise ConversionError(f"{where}: function_call_output needs call_id", where)
+                raise ConversionError(f"{where}: {kind} needs call_id", where)
             output = item.get("output")
             if isinstance(output, list):
                 content = _content(output, where)
@@ -261,8 +307,9 @@ def _add_items(messages: list[dict[str, Any]], items: list[Any]) -> None:
                                   where)
         else:
             raise ConversionError(f"{where}: input item type {kind!r} is not supported "
-                                  "(message, function_call, function_call_output and "
-                                  "reasoning are)", where)
+                                  "(message, function_call, function_call_output, "
+                                  "custom_tool_call, custom_tool_call_output and reasoning "
+                                  "are)", where)
     # An assistant message that is only reasoning says nothing to a Chat upstream.
     for message in messages:
         if message["role"] == "assistant" and message.get("content") is None \
@@ -298,6 +345,26 @@ def _function_tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+def _custom_tool(tool: dict[str, Any], where: str) -> dict[str, Any]:
+    """A `custom` tool as a Chat function tool with one string parameter, described so a
+    model that only knows JSON tools writes the raw input (and its grammar) into it."""
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise ConversionError(f"{where}: custom tools need a name", where)
+    parts = [tool["description"]] if isinstance(tool.get("description"), str) else []
+    parts.append(CUSTOM_NOTE)
+    fmt = tool.get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "grammar" \
+            and isinstance(fmt.get("definition"), str):
+        syntax = fmt.get("syntax") if isinstance(fmt.get("syntax"), str) else "grammar"
+        parts.append(f"The input must match this {syntax} grammar:\n{fmt['definition']}")
+    return {"type": "function", "function": {
+        "name": name, "description": "\n\n".join(parts),
+        "parameters": {"type": "object", "properties": {CUSTOM_INPUT: {
+            "type": "string", "description": f"The raw input for {name}, unchanged."}},
+            "required": [CUSTOM_INPUT], "additionalProperties": False}}}
+
+
 def _add_tools(chat: dict[str, Any], ctx: ResponsesContext, body: dict[str, Any]) -> None:
     tools = body.get("tools") or []
     if not isinstance(tools, list):
@@ -309,11 +376,19 @@ def _add_tools(chat: dict[str, Any], ctx: ResponsesContext, body: dict[str, Any]
         if kind == "function":
             converted.append(_function_tool(tool, where))
             ctx.tools.append(tool)
+        elif kind == "custom":
+            converted.append(_custom_tool(tool, where))
+            ctx.tools.append(tool)
+            ctx.custom_tools.add(tool["name"])
         elif kind == "namespace" and isinstance(tool.get("tools"), list):
             for j, inner in enumerate(tool["tools"]):
                 if isinstance(inner, dict) and inner.get("type") == "function":
                     converted.append(_function_tool(inner, f"{where}.tools[{j}]"))
                     ctx.tools.append(inner)
+                elif isinstance(inner, dict) and inner.get("type") == "custom":
+                    converted.append(_custom_tool(inner, f"{where}.tools[{j}]"))
+                    ctx.tools.append(inner)
+                    ctx.custom_tools.add(inner["name"])
                 else:
                     ctx.dropped_tools.append(str(inner.get("type") if isinstance(inner, dict)
                                                  else inner))
@@ -331,13 +406,14 @@ def _add_tools(chat: dict[str, Any], ctx: ResponsesContext, body: dict[str, Any]
             chat["tool_choice"] = choice
         elif choice == "required":
             raise ConversionError("tool_choice 'required' needs function tools", "tool_choice")
-    elif isinstance(choice, dict) and choice.get("type") == "function" \
+    elif isinstance(choice, dict) and choice.get("type") in ("function", "custom") \
             and isinstance(choice.get("name"), str):
         chat["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
     else:
         kind = choice.get("type") if isinstance(choice, dict) else choice
-        raise ConversionError(f"tool_choice {kind!r} is not supported: only function tools "
-                              "are served (built-in tools are dropped)", "tool_choice")
+        raise ConversionError(f"tool_choice {kind!r} is not supported: only function and "
+                              "custom tools are served (built-in tools are dropped)",
+                              "tool_choice")
     ctx.tool_choice = choice
     parallel = body.get("parallel_tool_calls")
     if isinstance(parallel, bool):

@@ -122,6 +122,10 @@ Scenarios
 ``run_command``     for the Codex CLI end-to-end test: as ``write_file``, but the one call is
                     to Codex's ``exec_command`` tool with ``{"cmd": "printf '...' > P"}``
                     (the command writes the same content to P).
+``apply_patch``     for Codex's free-form (``custom``) tool: as ``write_file``, but the one
+                    call is to ``apply_patch`` with ``{"input": PATCH}``, PATCH an
+                    ``*** Add File: P`` patch in Codex's format whose one line is the same
+                    content (the gateway turns the call into a ``custom_tool_call``).
 ``agent_steps``     Claude Code's multi-step task: while the history holds no tool-calling
                     turn, ONE ``Read`` of the first absolute path in the earliest user text;
                     after one such turn, a ``Write`` of ``PATH.out`` (content as in
@@ -212,6 +216,7 @@ SCENARIOS = (
     "image_check",
     "write_file",
     "run_command",
+    "apply_patch",
     "agent_steps",
     "error_midstream",
 )
@@ -560,6 +565,9 @@ def request_answer(script: Script, body: Mapping[str, Any], protocol: Protocol) 
             if script.scenario == "run_command":
                 command = f"printf '{WRITE_CONTENT.replace(chr(10), chr(92) + 'n')}' > {path}"
                 tool, arguments = "exec_command", orjson.dumps({"cmd": command}).decode()
+            elif script.scenario == "apply_patch":
+                tool, arguments = "apply_patch", orjson.dumps(
+                    {"input": apply_patch_text(path)}).decode()
             pieces = [Piece("tool", "", 0, tool)]
             pieces += [Piece("args", t, 0) for t in _split(arguments, max(1, script.chunks))]
             return _finished(script, pieces, "tool_calls")
@@ -567,6 +575,14 @@ def request_answer(script: Script, body: Mapping[str, Any], protocol: Protocol) 
 
 
 AGENT_BASH = "echo agent-steps-bash"
+
+
+def apply_patch_text(path: str) -> str:
+    """A patch in Codex's `apply_patch` format (its Lark grammar: `*** Begin Patch`, one
+    `*** Add File: PATH` hunk of `+` lines, `*** End Patch`) that creates PATH with
+    WRITE_CONTENT."""
+    lines = "".join(f"+{line}\n" for line in WRITE_CONTENT.splitlines())
+    return f"*** Begin Patch\n*** Add File: {path}\n{lines}*** End Patch\n"
 
 
 def _agent_step(script: Script, messages: list[dict[str, Any]]) -> Answer:

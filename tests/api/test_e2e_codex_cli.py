@@ -54,3 +54,14 @@ def test_codex_runs_a_command_through_the_gateway_for_both_protocols() -> None:
         real = run_script(timeout=1800)
         assert real.returncode == 0, real.stdout + real.stderr
         assert "PASS openai:" in real.stdout and "PASS anthropic:" in real.stdout
+
+
+def test_codex_applies_a_patch_through_the_gateway_for_both_protocols() -> None:
+    """--task patch: the free-form apply_patch tool, a custom_tool_call, its output back."""
+    dry = run_script("--dry-run", "--task", "patch", timeout=180)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert "PASS openai (dry run, SDK)" in dry.stdout
+    assert "PASS anthropic (dry run, SDK)" in dry.stdout
+    if REAL_CLI:
+        real = run_script("--task", "patch", timeout=1800)
+        assert real.returncode == 0, real.stdout + real.stderr

@@ -8,15 +8,18 @@ slip, not only on wrong text.
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from openai.types.responses import ResponseCustomToolCall
 
 from gateway.cli import format_usage
 from gateway.reports.admin import platform_stats
+from gateway.testing.fake_upstream import apply_patch_text
 from tests.conftest import fake_stats, provider_table
 
 PROTOCOLS = ["openai", "anthropic"]
@@ -245,3 +248,52 @@ async def test_usage_rows_carry_ingress(relay: dict[str, Any]) -> None:
 def rows_user(gw: Any) -> int:
     with sqlite3.connect(gw.db.path) as db:
         return int(db.execute("SELECT user_id FROM usage_logs LIMIT 1").fetchone()[0])
+
+
+APPLY_PATCH = {"type": "custom", "name": "apply_patch",
+               "description": "Use the `apply_patch` tool to edit files.",
+               "format": {"type": "grammar", "syntax": "lark",
+                          "definition": 'start: begin_patch hunk+ end_patch\n'
+                                        'begin_patch: "*** Begin Patch" LF'}}
+
+
+async def test_responses_custom_tool_round_trip(relay: dict[str, Any]) -> None:
+    """Codex's free-form `apply_patch`: served as a one-string function upstream, back as
+    a `custom_tool_call` with the raw patch, its output sent back as a tool result."""
+    sdk, path = relay["sdk"], "/tmp/llmapi-patch/hello.txt"
+    prompt = f"[[fake:apply_patch]] Create {path}"
+    async with sdk.responses.stream(model="gpt-5-codex", input=prompt,
+                                    tools=[APPLY_PATCH]) as s:
+        kinds = [event.type async for event in s]
+        final = await s.get_final_response()
+    calls = [o for o in final.output if isinstance(o, ResponseCustomToolCall)]
+    assert len(calls) == 1 and calls[0].name == "apply_patch"
+    assert calls[0].input == apply_patch_text(path)
+    assert kinds.index("response.custom_tool_call_input.delta") < \
+        kinds.index("response.custom_tool_call_input.done")
+    assert "response.function_call_arguments.delta" not in kinds
+    sent = (await fake_stats(relay["base"]))["history"][-1]["json"]
+    tool = sent["tools"][0]
+    described = tool["function"] if relay["protocol"] == "openai" else tool
+    assert described["name"] == "apply_patch"
+    assert "lark grammar:\nstart: begin_patch" in described["description"]
+    created = await sdk.responses.create(model="gpt-5-codex", input=prompt,
+                                         tools=[APPLY_PATCH])
+    assert [o.type for o in created.output] == ["custom_tool_call"]
+    history: list[Any] = [{"role": "user", "content": prompt},
+                          calls[0].model_dump(exclude_none=True),
+                          {"type": "custom_tool_call_output", "call_id": calls[0].call_id,
+                           "output": "Done! A /tmp/llmapi-patch/hello.txt"}]
+    answer = await sdk.responses.create(model="gpt-5-codex", input=history,
+                                        tools=[APPLY_PATCH])
+    assert answer.output_text == "Done."
+    sent = (await fake_stats(relay["base"]))["history"][-1]["json"]
+    if relay["protocol"] == "openai":
+        call = sent["messages"][1]["tool_calls"][0]
+        assert call["id"] == calls[0].call_id
+        assert json.loads(call["function"]["arguments"]) == {"input": apply_patch_text(path)}
+        assert sent["messages"][2]["role"] == "tool"
+    else:
+        use = sent["messages"][1]["content"][0]
+        assert use["type"] == "tool_use" and use["input"] == {"input": apply_patch_text(path)}
+        assert sent["messages"][2]["content"][0]["type"] == "tool_result"

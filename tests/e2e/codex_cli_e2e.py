@@ -1,6 +1,7 @@
 """End-to-end check: the real Codex CLI runs a command through the gateway and fake-upstream.
 
-Run: ``python tests/e2e/codex_cli_e2e.py [--protocol openai|anthropic|both] [--keep]``
+Run: ``python tests/e2e/codex_cli_e2e.py [--protocol openai|anthropic|both]
+[--task command|patch] [--keep]``
 
 The twin of ``claude_code_e2e.py`` (whose process, config and check helpers it reuses) for
 the Responses ingress. For each provider protocol it starts ``python -m gateway serve`` with
@@ -18,6 +19,13 @@ The CLI comes from npm (``@openai/codex``, pinned to ``CODEX_VERSION``; about 40
 its native binary), installed once into ``${XDG_CACHE_HOME:-~/.cache}/llmapi/codex``. The
 native binary ships in the optional dependency ``@openai/codex-linux-x64`` (or -arm64)
 under ``vendor/<target>/bin/codex``.
+
+``--task patch`` has the fake answer with a call to Codex's free-form ``apply_patch`` tool
+(fake scenario ``apply_patch``: ``{"input": "*** Begin Patch ... *** Add File: P ..."}``
+upstream), which the gateway hands Codex as a ``custom_tool_call`` with the raw patch; the
+dry path then offers ``apply_patch`` as a ``custom`` tool with a Lark grammar, as Codex does
+for models it gives the free-form tool to, applies the patch's Add File hunk itself and
+sends ``custom_tool_call_output`` back.
 
 ``--dry-run`` needs neither npm nor the CLI: the script plays Codex with the ``openai`` SDK,
 sending a body shaped like Codex 0.171's (``stream: true``, ``store: false``, the system
@@ -128,7 +136,7 @@ def codex_config(base_url: str) -> str:
 
 
 def run_codex(binary: Path, base_url: str, key: str, home: Path, target: Path,
-              timeout: int) -> Outcome:
+              timeout: int, task: str = "command") -> Outcome:
     """`codex exec` as CODEX_CLI.md runs it: env -i, fresh CODEX_HOME, stdin closed."""
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(codex_config(base_url))
@@ -137,7 +145,8 @@ def run_codex(binary: Path, base_url: str, key: str, home: Path, target: Path,
     argv = ["timeout", "--kill-after=10", str(timeout), str(binary), "exec", "--json",
             "--strict-config", "--skip-git-repo-check", "--ephemeral",
             "-s", "danger-full-access", "-C", str(target.parent),
-            f"Create the file {target} containing a greeting."]
+            f"Create the file {target} containing a greeting"
+            + (" with the apply_patch tool." if task == "patch" else ".")]
     shown = " ".join(f"{k}={shlex.quote('sk-llmapi-…' if k == 'LLMAPI_API_KEY' else v)}"
                      for k, v in env.items())
     print(f"  $ env -i {shown} {shlex.join(argv)} < /dev/null", flush=True)
@@ -183,17 +192,47 @@ def codex_shaped_request(target: Path) -> dict[str, Any]:
     }
 
 
+# Codex's free-form apply_patch tool, as its tool spec sends it (openai/codex,
+# `create_apply_patch_freeform_tool` in codex-rs, `tools/src/apply_patch_tool.rs` in recent
+# versions: type "custom", format grammar / lark, "Well-suited for GPT-5 models"), with the
+# grammar cut down to its first rules.
+APPLY_PATCH_TOOL = {
+    "type": "custom", "name": "apply_patch",
+    "description": "Use the `apply_patch` tool to edit files. This is a FREEFORM tool, so "
+                   "do not wrap the patch in JSON.",
+    "format": {"type": "grammar", "syntax": "lark", "definition": (
+        'start: begin_patch hunk+ end_patch\nbegin_patch: "*** Begin Patch" LF\n'
+        'end_patch: "*** End Patch" LF?\nhunk: add_hunk | delete_hunk | update_hunk\n'
+        'add_hunk: "*** Add File: " filename LF add_line+\nadd_line: "+" /(.*)/ LF -> line\n')},
+}
+
+
+def apply_add_file(patch: str) -> Path:
+    """Play Codex's apply_patch for the one kind of hunk the fake sends (Add File)."""
+    lines = patch.splitlines()
+    if not lines or lines[0] != "*** Begin Patch" or lines[-1] != "*** End Patch" \
+            or not lines[1].startswith("*** Add File: "):
+        raise E2EError(f"not an Add File patch: {patch!r}")
+    path = Path(lines[1].removeprefix("*** Add File: "))
+    body = [line[1:] for line in lines[2:-1] if line.startswith("+")]
+    path.write_text("".join(f"{line}\n" for line in body))
+    return path
+
+
 def without_stream(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "stream"}
 
 
-def run_sdk_turns(base_url: str, key: str, target: Path) -> Outcome:
-    """Play Codex with the openai SDK: stream turn 1, run the command, send its output."""
+def run_sdk_turns(base_url: str, key: str, target: Path, task: str = "command") -> Outcome:
+    """Play Codex with the openai SDK: stream turn 1, run the command (or apply the patch),
+    send its output."""
     import openai
 
     client = openai.OpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0, timeout=60)
     body = codex_shaped_request(target)
     started = time.monotonic()
+    if task == "patch":
+        return run_sdk_patch_turns(client, body, target, started)
     try:
         # responses.stream() sets `stream: true` itself, as Codex's body has it
         with client.responses.stream(**without_stream(body)) as stream:
@@ -222,6 +261,37 @@ def run_sdk_turns(base_url: str, key: str, target: Path) -> Outcome:
     return Outcome(target, 0, second.output_text + "\n", "", time.monotonic() - started, "sdk")
 
 
+def run_sdk_patch_turns(client: Any, body: dict[str, Any], target: Path,
+                        started: float) -> Outcome:
+    """The patch task: one custom_tool_call of apply_patch, applied, its output sent back."""
+    import openai
+
+    body["tools"] = [APPLY_PATCH_TOOL, *body["tools"]]
+    try:
+        with client.responses.stream(**without_stream(body)) as stream:
+            first = stream.get_final_response()
+    except openai.APIError as exc:
+        raise E2EError(f"turn 1 failed: {exc!r}") from exc
+    calls = [item for item in first.output if item.type == "custom_tool_call"]
+    if first.status != "completed" or len(calls) != 1 or calls[0].name != "apply_patch":
+        raise E2EError(f"turn 1: expected one apply_patch custom_tool_call, got status="
+                       f"{first.status} output={[item.type for item in first.output]}")
+    call = calls[0]
+    written = apply_add_file(call.input)
+    body["input"] += [
+        {"type": "custom_tool_call", "call_id": call.call_id, "name": call.name,
+         "input": call.input},
+        {"type": "custom_tool_call_output", "call_id": call.call_id,
+         "output": f"Success. Updated the following files:\nA {written}\n"},
+    ]
+    try:
+        with client.responses.stream(**without_stream(body)) as stream:
+            second = stream.get_final_response()
+    except openai.APIError as exc:
+        raise E2EError(f"turn 2 (custom_tool_call_output) failed: {exc!r}") from exc
+    return Outcome(target, 0, second.output_text + "\n", "", time.monotonic() - started, "sdk")
+
+
 def ingress_rows(db_path: Path) -> list[str]:
     import contextlib
     import sqlite3
@@ -230,7 +300,7 @@ def ingress_rows(db_path: Path) -> list[str]:
 
 
 def run_protocol(protocol: str, procs: Processes, fake_port: int, codex: Path | None,
-                 timeout: int) -> tuple[bool, str]:
+                 timeout: int, task: str = "command") -> tuple[bool, str]:
     """Gateway + user + key for one protocol, then the CLI (or the SDK), then the checks."""
     workdir = procs.workdir / protocol
     (workdir / "project").mkdir(parents=True)
@@ -251,9 +321,9 @@ def run_protocol(protocol: str, procs: Processes, fake_port: int, codex: Path | 
     target = workdir / "project" / "hello.txt"
     base_url = f"http://127.0.0.1:{port}"
     if codex is None:
-        outcome = run_sdk_turns(base_url, key, target)
+        outcome = run_sdk_turns(base_url, key, target, task)
     else:
-        outcome = run_codex(codex, base_url, key, workdir / "home", target, timeout)
+        outcome = run_codex(codex, base_url, key, workdir / "home", target, timeout, task)
     stats = http_json(fake + "/_fake/stats")
     problems = check(protocol, outcome, stats, db_path)
     ingresses = ingress_rows(db_path)
@@ -280,6 +350,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Run the real Codex CLI through the gateway against fake-upstream.")
     parser.add_argument("--protocol", choices=[*PROTOCOLS, "both"], default="both",
                         help="provider protocol between gateway and fake (default: both)")
+    parser.add_argument("--task", choices=["command", "patch"], default="command",
+                        help="command: the fake calls exec_command; patch: it calls the "
+                             "free-form apply_patch tool (default: command)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary folder (configs, databases, logs)")
     parser.add_argument("--dry-run", action="store_true",
@@ -309,7 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             fake_port = free_port()
             fake = procs.start("fake-upstream", "fake-upstream", "--port", str(fake_port),
-                               "--scenario", "run_command")
+                               "--scenario",
+                               "apply_patch" if args.task == "patch" else "run_command")
             try:
                 wait_for_port(fake_port, fake)
             except (RuntimeError, TimeoutError) as exc:
@@ -319,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for protocol in protocols:
                 try:
                     passed, detail = run_protocol(protocol, procs, fake_port, codex,
-                                                  args.timeout)
+                                                  args.timeout, args.task)
                 except E2EError as exc:
                     passed, detail = False, str(exc)
                 results[protocol] = passed

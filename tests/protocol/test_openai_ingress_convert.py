@@ -275,3 +275,94 @@ def test_error_mapping(kind: str, status: int, expected: tuple[int, str, str | N
     error = orjson.loads(body)["error"]
     assert (new_status, error["type"], error["code"]) == expected
     assert set(error) == {"message", "type", "param", "code"}
+
+
+# ---- custom (free-form) tools: Codex's apply_patch ------------------------------------
+
+APPLY_PATCH = {"type": "custom", "name": "apply_patch", "description": "Edit files.",
+               "format": {"type": "grammar", "syntax": "lark",
+                          "definition": "start: begin_patch hunk+ end_patch"}}
+PATCH = '*** Begin Patch\n*** Add File: /w/a.txt\n+say "hi"\\n\n*** End Patch\n'
+
+
+def test_custom_tool_becomes_a_described_one_string_function() -> None:
+    chat_body, ctx = responses_to_chat({"model": "m", "input": "x", "tools": [
+        APPLY_PATCH, {"type": "namespace", "name": "ns", "tools": [
+            {"type": "custom", "name": "freeform"}]}],
+        "tool_choice": {"type": "custom", "name": "apply_patch"}})
+    function = chat_body["tools"][0]["function"]
+    assert function["name"] == "apply_patch"
+    assert function["parameters"] == {
+        "type": "object", "required": ["input"], "additionalProperties": False,
+        "properties": {"input": {"type": "string",
+                                 "description": "The raw input for apply_patch, unchanged."}}}
+    assert function["description"].startswith("Edit files.\n\n")
+    assert "lark grammar:\nstart: begin_patch hunk+ end_patch" in function["description"]
+    assert chat_body["tools"][1]["function"]["name"] == "freeform"
+    assert chat_body["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
+    assert ctx.custom_tools == {"apply_patch", "freeform"} and not ctx.dropped_tools
+    assert ctx.tools[0] is APPLY_PATCH  # the response echoes the tool as it was sent
+    # and on to an Anthropic upstream, as a tool with that input schema
+    anthropic = chat_to_anthropic(chat_body)
+    assert anthropic["tools"][0]["input_schema"]["required"] == ["input"]
+
+
+def test_custom_tool_call_and_output_round_trip_as_a_function_call() -> None:
+    chat_body, _ = responses_to_chat({"model": "m", "tools": [APPLY_PATCH], "input": [
+        {"role": "user", "content": "patch it"},
+        {"type": "custom_tool_call", "call_id": "call_1", "name": "apply_patch",
+         "input": PATCH},
+        {"type": "custom_tool_call_output", "call_id": "call_1", "output": "Done!"}]})
+    assistant, tool = chat_body["messages"][1], chat_body["messages"][2]
+    call = assistant["tool_calls"][0]
+    assert call["id"] == "call_1" and call["function"]["name"] == "apply_patch"
+    assert orjson.loads(call["function"]["arguments"]) == {"input": PATCH}
+    assert tool == {"role": "tool", "tool_call_id": "call_1", "content": "Done!"}
+    with pytest.raises(ConversionError):
+        responses_to_chat({"model": "m", "input": [
+            {"type": "custom_tool_call", "call_id": "c", "name": "apply_patch"}]})
+
+
+@pytest.mark.parametrize("arguments", [orjson.dumps({"input": PATCH}).decode(),
+                                       orjson.dumps({"patch": PATCH}).decode(), PATCH])
+def test_custom_call_in_a_completion_comes_back_raw(arguments: str) -> None:
+    """`{"input": ...}` as asked, a lone other key, or no JSON at all: the raw text."""
+    _, ctx = responses_to_chat({"model": "m", "input": "x", "tools": [
+        APPLY_PATCH, {"type": "function", "name": "Read"}]})
+    response = completion_to_response({"choices": [{"finish_reason": "tool_calls", "message": {
+        "role": "assistant", "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "apply_patch", "arguments": arguments}},
+            {"id": "c2", "type": "function", "function": {"name": "Read",
+                                                          "arguments": "{\"p\":1}"}}]}}]},
+        ctx, "resp_x", 1)
+    custom, function = response["output"]
+    assert custom == {"id": "ctc_x_0", "type": "custom_tool_call", "status": "completed",
+                      "call_id": "c1", "name": "apply_patch", "input": PATCH}
+    assert function["type"] == "function_call" and function["arguments"] == "{\"p\":1}"
+
+
+def test_custom_call_stream_events() -> None:
+    _, ctx = responses_to_chat({"model": "m", "input": "x", "tools": [APPLY_PATCH],
+                                "stream": True})
+    conv = ChatToResponses(ctx, "resp_s", 1)
+    arguments = orjson.dumps({"input": PATCH}).decode()
+    pieces = [arguments[i:i + 7] for i in range(0, len(arguments), 7)]
+    out = conv.start() + conv.feed(
+        [chunk({"content": "Patching."}),
+         chunk({"tool_calls": [{"index": 0, "id": "c9", "function": {
+             "name": "apply_patch", "arguments": ""}}]})]
+        + [chunk({"tool_calls": [{"index": 0, "function": {"arguments": p}}]})
+           for p in pieces] + [chunk({}, "tool_calls")]) + conv.end()
+    events = events_of(out)
+    kinds = [e["type"] for e in events]
+    assert "response.function_call_arguments.delta" not in kinds
+    call_events = [e for e in events if e.get("output_index") == 1]
+    assert [e["type"] for e in call_events] == [
+        "response.output_item.added", "response.custom_tool_call_input.delta",
+        "response.custom_tool_call_input.done", "response.output_item.done"]
+    added, delta, done_input, done = call_events
+    assert added["item"]["type"] == "custom_tool_call" and added["item"]["input"] == ""
+    assert delta["delta"] == done_input["input"] == done["item"]["input"] == PATCH
+    assert done["item"]["call_id"] == "c9" and done["item"]["id"] == added["item"]["id"]
+    assert events[-1]["response"]["output"][1] == done["item"]
