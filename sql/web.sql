@@ -66,6 +66,10 @@ WHERE pair.n < p.per_pair AND client.n < p.per_ip
                   WHERE account.n >= p.per_account AND account.latest > p.now - account.delay)
 RETURNING id;
 
+-- name: login_failure_insert
+-- A failure written directly (data copies and tests; logins go through the claim above).
+INSERT INTO login_failures (email, ip, created_at) VALUES (:email, :ip, :now);
+
 -- name: login_attempt_wait
 -- How long until login_attempt_claim would succeed: the longest of the three waits
 -- (0 or less: now).
