@@ -31,6 +31,7 @@ from gateway.api.middleware import errors_middleware
 from gateway.billing.payments import PAYMENTS, Payments
 from gateway.config import CONFIG, Config, ProviderConfig
 from gateway.events import USER_EVENTS, Subscriber, UserChanged, UserEvents
+from gateway.inflight import IN_FLIGHT, InFlight
 from gateway.lifecycle import LIFECYCLE, Lifecycle
 from gateway.metrics import METRICS, Gauge, Metrics
 from gateway.providers.anthropic import AnthropicProvider
@@ -70,12 +71,13 @@ def build_app(config: Config) -> web.Application:
         providers,         # one provider (its own HTTP session) and breaker per name
         health_checker,    # background probes of the providers
         streams,           # open client streams and their keep-alive pings
+        in_flight,         # relay requests under way, ended properly at the grace's end
         gauges,            # /metrics gauges over the resources above
         remote_hub,        # remote-control WebSocket rooms and their sweeper
         payments,          # orders, Alipay client, reconciler
         access_log,        # one JSON line per request on stderr
     ])
-    app.on_shutdown.append(close_websockets)
+    app.on_shutdown.extend([close_websockets, start_shutdown_grace])
     add_api_routes(app)  # /v1/messages, count_tokens, models, /health, /metrics, /remote-ws
     setup_site(app, config)  # sessions, CSRF, templates, static files, error page
     add_site_routes(app)  # pages and /api/auth|dashboard|admin|payment|remote
@@ -230,6 +232,20 @@ async def streams(app: web.Application) -> AsyncIterator[None]:
     open_streams = app[STREAMS] = OpenStreams()
     async with running(open_streams.run_pings(), "keepalive-pings"):
         yield
+
+
+async def in_flight(app: web.Application) -> AsyncIterator[None]:
+    tracker = app[IN_FLIGHT] = InFlight()
+    try:
+        yield
+    finally:
+        tracker.close()
+
+
+async def start_shutdown_grace(app: web.Application) -> None:
+    """Shutdown has begun: what is still running at the grace's end is ended by us,
+    properly, before aiohttp's own timeout would cut it (gateway/inflight.py)."""
+    app[IN_FLIGHT].cut_after(app[CONFIG].server.shutdown_grace)
 
 
 async def gauges(app: web.Application) -> AsyncIterator[None]:

@@ -350,12 +350,15 @@ async def _usage(db, args) -> int:  # type: ignore[no-untyped-def]
     since = time.time() - args.days * 86_400
     email = normalize_email(args.email) if args.email else None
     rows = await db.fetch_all("usage_summary", {"since": since, "email": email})
-    print(format_usage(rows, args.days, email))
+    failures = await db.fetch_all("usage_failures", {"since": since, "email": email})
+    print(format_usage(rows, args.days, email, failures))
     return 0
 
 
-def format_usage(rows: Sequence[Any], days: int, email: str | None) -> str:
-    """A plain table, one line per user/provider/model, and totals per currency."""
+def format_usage(rows: Sequence[Any], days: int, email: str | None,
+                 failures: Sequence[Any] = ()) -> str:
+    """A plain table, one line per user/provider/model, and totals per currency; then the
+    requests that failed, per user, status and error type."""
     head = ("user", "api", "provider", "model", "requests", "failed", "input", "output",
             "cache read", "cost")
     lines = [[str(r["email"] or "-"), str(r["ingress"]), r["provider"], r["upstream_model"],
@@ -379,7 +382,19 @@ def format_usage(rows: Sequence[Any], days: int, email: str | None) -> str:
                    f"{cost:.4f} {currency}")
     if not rows:
         out.append("no usage recorded")
+    if failures:
+        out += ["", "failed requests by status"]
+        out += _table(("user", "status", "error type", "requests", "tokens"),
+                      [[str(f["email"] or "-"), str(f["status"]), str(f["error_type"] or "-"),
+                        str(f["requests"]), str(f["tokens"] or 0)] for f in failures])
     return "\n".join(out)
+
+
+def _table(head: Sequence[str], lines: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
+              for i, h in enumerate(head)]
+    return ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+            for row in [head, *lines]]
 
 
 COMMANDS: dict[tuple[str, str], Callable[..., Awaitable[int]]] = {

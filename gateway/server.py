@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.billing.alipay import read_keys
 from gateway.config import CONFIG, Config, ConfigError
+from gateway.inflight import CUT_MARGIN
 from gateway.lifecycle import LIFECYCLE
 from gateway.store.factory import describe
 
@@ -146,5 +147,7 @@ def _run(config: Config) -> int:
             print(next_steps(config), file=sys.stderr, flush=True)
 
     web.run_app(app, host=host, port=port, access_log=None, print=announce,
-                handler_cancellation=True, shutdown_timeout=config.server.shutdown_grace)
+                handler_cancellation=True,
+                # past the grace: the app ends what is left at the grace (gateway/inflight.py)
+                shutdown_timeout=config.server.shutdown_grace + CUT_MARGIN)
     return 0

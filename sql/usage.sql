@@ -50,6 +50,17 @@ WHERE l.created_at >= :since AND (CAST(:email AS TEXT) IS NULL OR u.email = :ema
 GROUP BY u.email, l.ingress, l.provider, l.upstream_model, l.currency
 ORDER BY u.email, cost DESC;
 
+-- name: usage_failures
+-- Requests that did not succeed, per user, status and error type, since a moment (the
+-- `usage` command lists them under its table); EMAIL NULL means everyone.
+SELECT u.email AS email, l.status AS status, l.error_type AS error_type,
+       COUNT(*) AS requests, SUM(l.input_tokens + l.output_tokens) AS tokens
+FROM usage_logs l LEFT JOIN users u ON u.id = l.user_id
+WHERE l.created_at >= :since AND l.status <> 'success'
+  AND (CAST(:email AS TEXT) IS NULL OR u.email = :email)
+GROUP BY u.email, l.status, l.error_type
+ORDER BY u.email, requests DESC, l.status, l.error_type;
+
 -- name: subscription_charge
 -- Journal replay after a crash: tokens of rows that never reached SQLite, added as a delta.
 UPDATE subscriptions SET tokens_used = tokens_used + :tokens WHERE user_id = :user_id;

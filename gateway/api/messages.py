@@ -28,6 +28,7 @@ from gateway.config import CONFIG
 from gateway.errors import ApiError, invalid_request
 from gateway.forwarding import client_address
 from gateway.ids import REQUEST_ID, new_id
+from gateway.inflight import GATEWAY_SHUTDOWN, IN_FLIGHT, SHUTTING_DOWN
 from gateway.metrics import METRICS
 from gateway.protocol.json_depth import depth_message, too_deep
 from gateway.protocol.openai_request import validate_anthropic_request
@@ -93,6 +94,8 @@ async def relay(request: web.Request, key: KeyInfo, call: Call, admission: Admis
     trip = Trip(app, key, call, started, admission, ingress, client_address(request))
     request[RELAYED] = True  # the trip's `finish` writes the log line and the sample
     trip.journal_start()
+    in_flight = app[IN_FLIGHT]  # the shutdown grace's end may cut it (gateway/inflight.py)
+    in_flight.enter()
     reply: Reply | None = None
     status, error_type, http_status = "client_disconnect", None, 499
     try:
@@ -111,7 +114,14 @@ async def relay(request: web.Request, key: KeyInfo, call: Call, admission: Admis
         failed = reply.failed
         status = "error" if failed else "success"
         error_type, http_status = (failed[0] if failed else None), 200
+        if trip.cut:
+            error_type = GATEWAY_SHUTDOWN
         return trip.response
+    except asyncio.CancelledError:
+        if trip.response.prepared or not in_flight.was_cut():
+            raise  # the client went away
+        status, error_type, http_status = "error", GATEWAY_SHUTDOWN, 529
+        raise ApiError("overloaded_error", SHUTTING_DOWN) from None
     except ApiError as exc:
         exc.headers.update(rate_headers)
         status, error_type, http_status = "error", exc.error_type, exc.status
@@ -120,6 +130,7 @@ async def relay(request: web.Request, key: KeyInfo, call: Call, admission: Admis
         status, error_type, http_status = "error", "api_error", 500
         raise
     finally:
+        in_flight.leave()
         if reply is not None:
             await reply.close()
         await trip.finish(status, reply.usage if reply is not None else None, error_type,
@@ -142,8 +153,15 @@ async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[st
         async for chunk in chunks:
             await response.write(chunk)
             streams.wrote(response)
-    except (asyncio.CancelledError, ConnectionError):
-        raise  # the client went away: `finally` in handle_messages records it
+    except asyncio.CancelledError:
+        if not request.app[IN_FLIGHT].was_cut():
+            raise  # the client went away: `finally` in relay records it
+        trip.cut = True  # the shutdown grace ran out: end the stream properly
+        tail = reply.abort("overloaded_error", SHUTTING_DOWN)
+        if tail:
+            await response.write(tail)
+    except ConnectionError:
+        raise  # the client went away: `finally` in relay records it
     except Exception as exc:
         log.exception("stream failed after the first byte (request %s)", trip.call.request_id)
         tail = reply.abort("api_error", f"the gateway failed mid-answer: {type(exc).__name__}")
@@ -171,8 +189,8 @@ async def answer_remote_control(app: web.Application, key: KeyInfo, call: Call,
 class Trip:
     """Timing and bookkeeping of one request, finished exactly once."""
 
-    __slots__ = ("admission", "app", "call", "client", "done", "first_byte_at", "ingress",
-                 "key", "provider", "reply", "response", "started")
+    __slots__ = ("admission", "app", "call", "client", "cut", "done", "first_byte_at",
+                 "ingress", "key", "provider", "reply", "response", "started")
 
     def __init__(self, app: web.Application, key: KeyInfo, call: Call, started: float,
                  admission: Admission, ingress: str = "anthropic", client: str = "") -> None:
@@ -188,6 +206,7 @@ class Trip:
         self.reply: Reply | None = None
         self.response = web.StreamResponse()
         self.done = False
+        self.cut = False  # ended by the shutdown grace (gateway/inflight.py)
 
     def first_byte(self) -> None:
         self.first_byte_at = time.perf_counter()
