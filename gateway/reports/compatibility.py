@@ -7,6 +7,7 @@ installation without docs/): the page leaves the section out.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -31,6 +32,12 @@ WORDS = (N_("vendor"), N_("protocol"), N_("text"), N_("streaming"), N_("parallel
 class Matrix:
     columns: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
+    # "2.1.197 (Claude Code)" and its date, when the real CLI's run is recorded in the file
+    claude_code: str = ""
+    claude_code_date: str = ""
+
+
+_CHECKED = re.compile(r"^Checked with Claude Code (.+?) on (\d{4}-\d{2}-\d{2}) ")
 
 
 @cache
@@ -47,4 +54,6 @@ def load_matrix(path: Path = MATRIX_FILE) -> Matrix | None:
     def cells(line: str) -> tuple[str, ...]:
         return tuple(c.strip().strip("*") for c in line.strip().strip("|").split("|"))
 
-    return Matrix(cells(table[0]), tuple(cells(line) for line in table[2:]))
+    checked = next((m for m in map(_CHECKED.match, lines) if m), None)
+    return Matrix(cells(table[0]), tuple(cells(line) for line in table[2:]),
+                  checked.group(1) if checked else "", checked.group(2) if checked else "")
