@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.accounts.plans import sync_plans
-from gateway.accounts.signup import SiteAccountError, delete_account
+from gateway.accounts.signup import SiteAccountError, check_new_password, delete_account
 from gateway.accounts.users import (
     AccountError,
     create_key,
@@ -66,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", metavar="ACTION", required=True)
     add = users.add_parser("add", parents=[common], help="create a user")
     add.add_argument("email")
-    add.add_argument("--password", default="", help="password for the web site (optional)")
+    add.add_argument("--password", default="", metavar="-",
+                     help="'-': ask for the web site password on the terminal (no echo), or "
+                          "read one line of standard input; a password written here is "
+                          "visible to other users (ps, shell history)")
     add.add_argument("--name", default="")
     add.add_argument("--plan", default="free")
     add.add_argument("--admin", action="store_true", help="make the user an administrator")
@@ -156,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "type the e-mail address again to confirm: ", args.email):
         print("llmapi: not deleted", file=sys.stderr)
         return EXIT_USAGE
+    if (command, getattr(args, "action", "")) == ("users", "add") and args.password:
+        try:
+            args.password = site_password(args.password)
+        except SiteAccountError as exc:
+            print(f"llmapi: password: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         return asyncio.run(_with_db(config, lambda db: handler(db, args)))
     except AccountError as exc:
@@ -165,6 +174,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llmapi: cannot open the database {config.database_path}: {exc}",
               file=sys.stderr)
         return EXIT_USAGE
+
+
+def site_password(given: str) -> str:
+    """`users add --password -`: from a prompt on a terminal (asked twice, no echo), else
+    one line of standard input (a pipe, a file, a secret manager). Any other value is
+    used as it is, with a warning: argv is readable by every user of the machine. Either
+    way the site's rules for passwords apply."""
+    if given == "-":
+        if sys.stdin.isatty():
+            password = getpass.getpass("Password: ")
+            if getpass.getpass("Again: ") != password:
+                raise SiteAccountError("the two passwords differ")
+        else:
+            password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    else:
+        print("llmapi: warning: a password on the command line is visible to other users "
+              "(ps, shell history); use --password - and type it or pipe it in",
+              file=sys.stderr)
+        password = given
+    check_new_password(password)
+    return password
 
 
 def _migrate_data(config: Config, args: argparse.Namespace) -> int:

@@ -118,6 +118,17 @@ DELETE FROM login_failures WHERE created_at < :before;
 INSERT INTO mail_outbox (to_addr, subject, body_text, status, error, created_at, sent_at)
 VALUES (:to_addr, :subject, :body_text, :status, :error, :now, :sent_at);
 
+-- name: mail_set_expiry
+-- The message holds a code valid until :expires_at (gateway/accounts/mail.py).
+UPDATE mail_outbox SET expires_at = :expires_at WHERE id = :id;
+
+-- name: mail_expired
+SELECT id, subject FROM mail_outbox WHERE expires_at IS NOT NULL AND expires_at < :now;
+
+-- name: mail_purge
+-- Its code expired: the text goes, the subject loses its digits, the envelope stays.
+UPDATE mail_outbox SET body_text = '', subject = :subject, expires_at = NULL WHERE id = :id;
+
 -- name: mail_recent
 SELECT * FROM mail_outbox ORDER BY created_at DESC, id DESC LIMIT :limit;
 

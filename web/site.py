@@ -31,7 +31,7 @@ from babel.dates import format_date
 from cryptography.fernet import Fernet
 
 from gateway.accounts.google import GoogleVerifier
-from gateway.accounts.mail import Mailer
+from gateway.accounts.mail import Mailer, purge_expired
 from gateway.accounts.quota_notices import QuotaNotices
 from gateway.accounts.throttle import LoginThrottle
 from gateway.config import CONFIG, Config
@@ -39,7 +39,7 @@ from gateway.errors import ERROR_PAGE, ApiError
 from gateway.paths import GOOGLE_CALLBACK, is_api_path, is_hot_path
 from gateway.reports.dashboard import change
 from gateway.resources import resource_dir
-from gateway.store.base import DATABASE
+from gateway.store.base import DATABASE, Store
 from web import i18n
 from web.blog import Post, load_posts
 from web.csrf import CsrfError, check_csrf, exempt_from_csrf
@@ -115,11 +115,18 @@ def setup_site(app: web.Application, config: Config) -> None:
                     raise ApiError("permission_error", f"CSRF token missing or wrong: {exc} "
                                    "(GET /api/auth/csrf, then send X-CSRF-Token)") from None
                 raise web.HTTPForbidden(reason=i18n.N_("CSRF token missing or wrong")) from None
-            response = await handler(req)
+            try:
+                response = await handler(req)
+            except (web.HTTPException, ApiError) as exc:  # redirects, JSON errors
+                if await is_private(req):
+                    exc.headers.setdefault("Cache-Control", "no-store")
+                raise
             if not response.prepared:
                 add_security_headers(response, csp)
                 if asked:
                     keep_language(response, asked)
+                if await is_private(req):
+                    response.headers.setdefault("Cache-Control", "no-store")
             return response
 
         return await sessions(request, checked)
@@ -171,12 +178,14 @@ def setup_site(app: web.Application, config: Config) -> None:
             tickets=fernet_for(secret, "sign-in ticket"),
             posts=posts, quota=quota)
         watcher = asyncio.create_task(quota.run(), name="quota-notices")
+        sweeper = asyncio.create_task(sweep_outbox(db), name="outbox-sweeper")
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, sweeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             if http is not None:
                 await http.close()
 
@@ -188,6 +197,31 @@ def _status_phrase(status: int) -> str:
         return HTTPStatus(status).phrase
     except ValueError:
         return ""
+
+
+OUTBOX_SWEEP_INTERVAL = 60.0  # seconds an expired code may stay in the outbox unread
+
+
+async def sweep_outbox(db: Store) -> None:
+    """Codes leave the outbox when they expire even if nobody sends or reads mail."""
+    while True:
+        try:
+            await purge_expired(db)
+        except Exception:  # a busy or broken database: say so, try again next round
+            log.exception("purging expired codes from the outbox failed")
+        await asyncio.sleep(OUTBOX_SWEEP_INTERVAL)
+
+
+async def is_private(request: web.Request) -> bool:
+    """Does this answer depend on who asks? Then no cache may keep it (`no-store`): every
+    JSON answer under /api/ (auth, dashboard, admin, payment), and every page or fragment
+    for a browser whose session holds anything (signed in, or a form's CSRF token). Public
+    pages for a visitor without a session, and static files, stay cacheable."""
+    if request.path.startswith("/api/"):
+        return True
+    if request.path.startswith("/static/") or STORAGE_KEY not in request:
+        return False
+    return bool(await get_session(request))
 
 
 def request_language(request: web.Request, default: str) -> str:

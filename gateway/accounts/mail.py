@@ -7,11 +7,18 @@ body, which may hold a code, is dropped); a failed one keeps its body and the er
 
 Each message is one template in `templates/emails/` with a `subject` and a `body` block,
 rendered as plain text (no HTML escaping: nothing here is shown in a browser as HTML).
+
+A message that carries a code is sent with `expires_at`, the moment the code stops
+working. From then on the outbox must not show it: `purge_expired` empties its body and
+masks the digits in its subject (the envelope stays for the record). It runs before every
+outbox read and every send, and once a minute in the site's sweeper (web/site.py), so
+a code is readable in the database no longer than it is valid (plus that minute at most).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,14 +71,17 @@ class Mailer:
         body = "".join(tmpl.blocks["body"](ctx)).strip() + "\n"
         return Mail(to=to, subject=subject, text=body)
 
-    async def send_template(self, template: str, to: str, **context: Any) -> int:
-        """Render and send; returns the outbox row id."""
-        return await self.send(self.render(template, to, **context))
+    async def send_template(self, template: str, to: str, *, expires_at: float | None = None,
+                            **context: Any) -> int:
+        """Render and send; returns the outbox row id. `expires_at`: the message holds a
+        code valid until then, and leaves the outbox at that moment."""
+        return await self.send(self.render(template, to, **context), expires_at)
 
-    async def send(self, mail: Mail) -> int:
+    async def send(self, mail: Mail, expires_at: float | None = None) -> int:
         now = time.time()
+        await purge_expired(self.db, now)
         if not self.config.smtp_host:
-            row_id = await self._store(mail, "outbox", None, None, now)
+            row_id = await self._store(mail, "outbox", None, None, now, expires_at)
             log.info("mail #%d to %s (no SMTP configured; kept in the outbox): %s\n%s",
                      row_id, mail.to, mail.subject, mail.text)
             return row_id
@@ -79,8 +89,10 @@ class Mailer:
             await self._deliver(mail)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             log.warning("mail to %s failed: %s", mail.to, exc)
-            return await self._store(mail, "failed", f"{type(exc).__name__}: {exc}", None, now)
-        return await self._store(Mail(mail.to, mail.subject, ""), "sent", None, time.time(), now)
+            return await self._store(mail, "failed", f"{type(exc).__name__}: {exc}", None, now,
+                                     expires_at)
+        return await self._store(Mail(mail.to, mail.subject, ""), "sent", None, time.time(), now,
+                                 expires_at)
 
     async def _deliver(self, mail: Mail) -> None:
         c = self.config
@@ -98,7 +110,30 @@ class Mailer:
             timeout=c.timeout)
 
     async def _store(self, mail: Mail, status: str, error: str | None, sent_at: float | None,
-                     now: float) -> int:
-        return await self.db.insert("mail_insert", {
-            "to_addr": mail.to, "subject": mail.subject, "body_text": mail.text,
-            "status": status, "error": error, "now": now, "sent_at": sent_at})
+                     now: float, expires_at: float | None) -> int:
+        async with self.db.transaction() as tx:
+            row_id = await tx.insert("mail_insert", {
+                "to_addr": mail.to, "subject": mail.subject, "body_text": mail.text,
+                "status": status, "error": error, "now": now, "sent_at": sent_at})
+            if expires_at is not None:
+                await tx.execute("mail_set_expiry", {"id": row_id, "expires_at": expires_at})
+        return row_id
+
+
+_DIGITS = re.compile(r"\d{4,}")
+EXPIRED_MASK = "••••••"
+
+
+async def purge_expired(db: Store, now: float | None = None) -> int:
+    """Empty every message whose code has expired: body gone, digits in the subject
+    masked, expiry cleared (so each is done once). Returns how many were purged."""
+    now = time.time() if now is None else now
+    # read first: the usual answer is "nothing", and a read takes no write lock
+    rows = await db.fetch_all("mail_expired", {"now": now})
+    if not rows:
+        return 0
+    async with db.transaction() as tx:
+        for row in rows:
+            await tx.execute("mail_purge", {
+                "id": row["id"], "subject": _DIGITS.sub(EXPIRED_MASK, row["subject"])})
+    return len(rows)

@@ -46,6 +46,7 @@ async def request_reset(db: Store, mailer: Mailer, email: str, site_url: str) ->
         return email  # the code sent a moment ago still works
     code = await email_codes.issue_code(db, email, RESET)
     await mailer.send_template("reset_code", email, code=code,
+                               expires_at=time.time() + email_codes.CODE_TTL,
                                minutes=email_codes.CODE_TTL // 60, site_url=site_url)
     return email
 
@@ -86,6 +87,7 @@ async def request_email_change(db: Store, mailer: Mailer, user_id: int, new_emai
                                "new_email", retry_after=wait, wait=wait)
     code = await email_codes.issue_code(db, new_email, change_purpose(user_id))
     await mailer.send_template("change_email_code", new_email, code=code,
+                               expires_at=time.time() + email_codes.CODE_TTL,
                                minutes=email_codes.CODE_TTL // 60, site_url=site_url)
     return new_email
 

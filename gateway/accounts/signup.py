@@ -121,6 +121,7 @@ async def register(db: Store, mailer: Mailer, email: str, password: str, name: s
 async def send_code(db: Store, mailer: Mailer, email: str, site_url: str) -> None:
     code = await email_codes.issue_code(db, email, REGISTER)
     await mailer.send_template("verify_code", email, code=code,
+                               expires_at=time.time() + email_codes.CODE_TTL,
                                minutes=email_codes.CODE_TTL // 60, site_url=site_url)
 
 

@@ -3,6 +3,8 @@ the remote-control WebSocket, and the one table mounting every API route."""
 
 from __future__ import annotations
 
+import hmac
+
 import orjson
 from aiohttp import web
 
@@ -124,7 +126,25 @@ async def handle_ready(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"}, headers={"Cache-Control": "no-store"})
 
 
+def metrics_allowed(request: web.Request, token: str) -> bool:
+    """`Authorization: Bearer <[server] metrics_token>`, compared in constant time (as
+    bytes: `hmac.compare_digest` refuses non-ASCII text, and a header may hold any byte).
+    The scheme is case-insensitive (RFC 9110, 11.1)."""
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode("utf-8", "surrogateescape"),
+                               token.encode("utf-8"))
+
+
 async def handle_metrics(request: web.Request) -> web.Response:
+    """Prometheus text. With `[server] metrics_token` set, only for its bearer: the figures
+    name providers, models and load, which is nobody else's business."""
+    token = request.app[CONFIG].server.metrics_token
+    if token and not metrics_allowed(request, token):
+        raise ApiError("authentication_error",
+                       "/metrics needs Authorization: Bearer <[server] metrics_token>",
+                       headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     return web.Response(text=request.app[METRICS].render(),
                         content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Type-Options": "nosniff"})

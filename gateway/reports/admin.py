@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
+from gateway.accounts.mail import purge_expired
 from gateway.accounts.users import AccountError, set_plan, set_user_status
 from gateway.store.base import Store
 
@@ -230,10 +231,13 @@ def _day(number: int) -> date:
 
 
 async def outbox(db: Store, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest mail; codes that expired are purged first, never shown."""
+    await purge_expired(db)
     return [dict(r) for r in await db.fetch_all("mail_recent", {"limit": limit})]
 
 
 async def outbox_message(db: Store, message_id: int) -> dict[str, Any] | None:
+    await purge_expired(db)
     row = await db.fetch_one("mail_by_id", {"id": message_id})
     return dict(row) if row else None
 

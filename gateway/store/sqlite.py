@@ -9,6 +9,8 @@ up by name, so SQL stays SQL and could move to PostgreSQL with the same files.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -20,6 +22,8 @@ import aiosqlite
 
 from gateway.resources import resource_dir
 from gateway.store.base import Params, Row
+
+log = logging.getLogger("llmapi.store")
 
 SQL_DIR = resource_dir("sql")
 MIGRATIONS_DIR = SQL_DIR / "migrations"
@@ -63,6 +67,20 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
+def create_private(path: Path) -> None:
+    """Create the database file 0600 (owner only) before SQLite does: it holds password
+    hashes, sessions' epochs, codes and usage. SQLite gives the -wal and -shm files it makes
+    later the same mode as the database file. An existing file is left as it is, with a
+    warning when others may read it (like session.key)."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(path, 0o600)  # whatever the umask
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            log.warning("%s is readable by other users; chmod 600 it (and its -wal, -shm)",
+                        path)
+
+
 def _row(cursor: sqlite3.Cursor, values: tuple[Any, ...]) -> Row:
     """Rows as plain dicts: what the `Store` interface promises (no index access)."""
     return dict(zip([c[0] for c in cursor.description], values, strict=True))
@@ -85,6 +103,7 @@ class Database:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        create_private(self.path)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so batching is explicit.
         self._conn = await aiosqlite.connect(self.path, isolation_level=None)
         self._conn.row_factory = _row  # type: ignore[assignment]
