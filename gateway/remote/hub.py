@@ -14,7 +14,9 @@ the user changes (the key cache sees every change to a key, user or subscription
 within a second, on every instance, also those made by another instance or the CLI) the
 hub closes, with code 4401, the user's bridges whose key was revoked and every connection
 of a user who was suspended or deleted or whose sign-in sessions were ended (password
-change, sign-out everywhere). A bridge whose key still works may connect again.
+change, sign-out everywhere). Every `sweep_interval` the hub also re-checks all its live
+connections, which catches a sign-out (it moves the session epoch without an event). A
+bridge whose key still works may connect again.
 
 Messages are JSON text frames: `{"type":"output","data":B64}` bridge -> viewers,
 `{"type":"input","data":B64}` and `{"type":"resize","cols":C,"rows":R}` viewer -> bridge,
@@ -50,7 +52,7 @@ from gateway.accounts.users import hash_key
 from gateway.config import RemoteConfig
 from gateway.errors import ApiError
 from gateway.events import UserChanged, UserEvents
-from gateway.remote.rooms import LocalRooms, Rooms, send_all
+from gateway.remote.rooms import LocalRooms, Rooms
 from gateway.remote.sessions import (
     RemoteSession,
     connection_closed,
@@ -264,15 +266,26 @@ class RemoteHub:
             log.warning("cannot re-check remote connections of user %s", user_id,
                         exc_info=True)
             return 0
-        closed = 0
+        closing = []
         for ws, member in mine:
             why = await self._no_longer_allowed(member, user)
             if why and not ws.closed:
+                # no frame first: the close code and reason say it (the page then asks the
+                # JSON API why, and stops when the sign-in is over)
                 self._closed_because[ws] = why
-                await send_all([ws], orjson.dumps({"type": "status", "ended": False,
-                                                   "revoked": True, "reason": why}))
-                await ws.close(code=CLOSE_REVOKED, message=why.encode()[:120])
-                closed += 1
+                closing.append(ws.close(code=CLOSE_REVOKED, message=why.encode()[:120]))
+        # side by side: each close waits for its peer's answer (a slow phone must not hold
+        # up the others)
+        await asyncio.gather(*closing, return_exceptions=True)
+        return len(closing)
+
+    async def recheck_all(self) -> int:
+        """`recheck_user` for every user with a live connection here: the fallback for
+        changes that reach no user-changed event (a sign-out everywhere moves the session
+        epoch but not the row's `updated_at`, which the key cache watches)."""
+        closed = 0
+        for user_id in {m.user_id for m in self.members.values()}:
+            closed += await self.recheck_user(user_id)
         return closed
 
     async def _no_longer_allowed(self, member: Member, user: Any) -> str:
@@ -355,11 +368,13 @@ class RemoteHub:
         return closed
 
     async def run_room_check(self) -> None:
-        """Every `[remote] sweep_interval`: `close_ended_rooms` (this instance's own)."""
+        """Every `[remote] sweep_interval`, for this instance's own connections:
+        `close_ended_rooms` and `recheck_all`."""
         while True:
             await asyncio.sleep(self.config.sweep_interval)
             try:
                 await self.close_ended_rooms()
+                await self.recheck_all()
             except Exception:  # keep checking; a database outage now is fine later
                 log.exception("remote room check failed")
 

@@ -16,7 +16,13 @@ import aiohttp
 import orjson
 
 from gateway.accounts.signup import change_password
-from gateway.accounts.users import create_key, create_user, revoke_key, set_user_status
+from gateway.accounts.users import (
+    create_key,
+    create_user,
+    end_sessions,
+    revoke_key,
+    set_user_status,
+)
 from gateway.remote.hub import CLOSE_REVOKED
 from gateway.remote.sessions import create_session
 from tests.helpers.gateway import Gateway
@@ -197,5 +203,18 @@ async def test_without_public_url_a_rebinding_host_is_refused(gateway: Gateway) 
         assert await handshake(browser, url, {"Origin": f"http://evil.example:{port}",
                                               "Host": f"evil.example:{port}"}) == 403
         assert await handshake(browser, url, {"Origin": gateway.url}) == 101
+    finally:
+        await browser.close()
+
+
+async def test_sign_out_everywhere_closes_viewers_at_the_next_room_check(
+        gateway: Gateway) -> None:
+    user_id, _, _, browser, bridge, viewer = await connected_pair(gateway, "out@example.com")
+    try:
+        await end_sessions(gateway.db, user_id)  # moves the epoch; no user-changed event
+        codes = asyncio.gather(closed_with(bridge), closed_with(viewer))
+        assert await gateway.remote.recheck_all() == 2  # what run_room_check does
+        assert await codes == [CLOSE_REVOKED, CLOSE_REVOKED]
+        assert await gateway.remote.recheck_all() == 0
     finally:
         await browser.close()
