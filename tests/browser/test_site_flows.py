@@ -35,11 +35,14 @@ LANGUAGES = {"en": "en-US", "zh-CN": "zh-CN"}
 PUBLIC = {"home": "/", "pricing": "/pricing", "docs": "/docs", "blog": "/blog",
           "login": "/login", "register": "/register?plan=pro", "forgot": "/password/forgot",
           "reset": "/password/reset", "terms": "/terms", "privacy": "/privacy",
-          "refunds": "/refunds", "sitemap": "/sitemap", "not-found": "/no/such/page"}
+          "refunds": "/refunds", "sitemap": "/sitemap", "not-found": "/no/such/page",
+          "blog-post": "/blog/claude-code-on-qwen"}
 SIGNED_IN = {"dashboard": "/dashboard", "settings": "/settings", "orders": "/orders",
              "billing": "/billing", "remote": "/remote", "admin": "/admin",
              "admin-users": "/admin/users", "admin-orders": "/admin/orders",
-             "admin-costs": "/admin/costs", "admin-audit": "/admin/audit"}
+             "admin-costs": "/admin/costs", "admin-audit": "/admin/audit",
+             "admin-margin": "/admin/margin", "admin-outbox": "/admin/outbox",
+             "admin-audit-filtered": "/admin/audit?actor=cli&action=user.plan"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
