@@ -325,9 +325,14 @@ def refusal(ask: Ask, fig: Figures, headers: dict[str, str], now: float) -> ApiE
 
 def _refused(message: str, headers: dict[str, str], resets: float, now: float,
              limit: str) -> ApiError:
+    """A 429 saying when to come back: `retry-after` in whole seconds (rounded up) and
+    `retry-after-ms`, which the Anthropic and OpenAI SDKs read first, to the millisecond
+    (an rpm window that frees in 0.3 s is not worth a 1 s wait)."""
     retry = max(1, int(resets - now + 0.999))
-    return ApiError("rate_limit_error", message, headers={**headers, "retry-after": str(retry)},
-                    limit=limit)
+    retry_ms = max(1, min(retry * 1000, int((resets - now) * 1000)))
+    return ApiError("rate_limit_error", message,
+                    headers={**headers, "retry-after": str(retry),
+                             "retry-after-ms": str(retry_ms)}, limit=limit)
 
 
 def rate_headers(limit: int, used: int, reset_at: float) -> dict[str, str]:

@@ -71,7 +71,8 @@ def assert_refusal(ingress: str, status: int, headers: Any, raw: bytes, words: s
     assert status == 429, raw
     error = orjson.loads(raw)["error"]
     assert words in error["message"]
-    assert headers["retry-after"]
+    seconds, ms = int(headers["retry-after"]), int(headers["retry-after-ms"])
+    assert 0 < ms <= seconds * 1000 and ms > (seconds - 1) * 1000  # the same wait, finer
     if ingress == "anthropic":
         assert error["type"] == "rate_limit_error"
     else:  # OpenAI's shape and names on the OpenAI routes

@@ -196,6 +196,7 @@ async def test_tokens_held_in_flight_are_retried(gateway_factory: Any,
     assert isinstance(body, dict) and body["code"] == "rate_limit_exceeded"
     assert body["type"] == "tokens" and "in flight" in body["message"]
     assert headers["retry-after"] == "1" and "x-should-retry" not in headers
+    assert client.sdk._parse_retry_after_header(headers) == 1.0  # from retry-after-ms
     await blocker
     retried = Counted(gw.url, key, 2)
     await retried.sdk.chat.completions.create(model="gpt-4.1", messages=user())
