@@ -30,7 +30,7 @@ from gateway.api.endpoints import add_api_routes
 from gateway.api.middleware import errors_middleware
 from gateway.billing.payments import PAYMENTS, Payments
 from gateway.config import CONFIG, Config, ProviderConfig
-from gateway.events import USER_EVENTS, Subscriber, UserChanged, UserEvents
+from gateway.events import USER_EVENTS, RedisEvents, Subscriber, UserChanged, UserEvents
 from gateway.inflight import IN_FLIGHT, InFlight
 from gateway.lifecycle import LIFECYCLE, Lifecycle
 from gateway.metrics import METRICS, Gauge, Metrics
@@ -124,8 +124,14 @@ async def jobs(app: web.Application) -> AsyncIterator[None]:
 
 
 async def user_events(app: web.Application) -> AsyncIterator[None]:
-    app[USER_EVENTS] = UserEvents()
-    yield
+    redis = app[CONFIG].redis
+    bus = app[USER_EVENTS] = RedisEvents(redis.url, redis.timeout) if redis.url \
+        else UserEvents()
+    try:
+        async with running(bus.run(), "user-events"):
+            yield
+    finally:
+        await bus.close()
 
 
 async def limits(app: web.Application) -> AsyncIterator[None]:

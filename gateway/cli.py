@@ -32,6 +32,7 @@ from gateway.accounts.users import (
     set_user_status,
 )
 from gateway.config import Config, ConfigError, load_config, override_server
+from gateway.events import announce
 from gateway.remote import bridge as remote_bridge
 from gateway.reports.admin import record_audit, user_target
 from gateway.server import serve
@@ -166,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"llmapi: password: {exc}", file=sys.stderr)
             return EXIT_USAGE
     try:
-        return asyncio.run(_with_db(config, lambda db: handler(db, args)))
+        return asyncio.run(_with_db(config, lambda db: handler(db, args),
+                                    announced=(command, getattr(args, "action", ""))
+                                    in ANNOUNCED))
     except AccountError as exc:
         print(f"llmapi: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -230,13 +233,25 @@ def confirm(prompt: str, expected: str) -> bool:
         return False
 
 
-async def _with_db(config: Config, work: Callable[..., Awaitable[int]]) -> int:
+# Commands whose change every running instance must feel at once (revocation, suspension,
+# plan): announced on Redis when `[redis] url` is set (gateway/events.py).
+ANNOUNCED = {("users", "plan"), ("users", "suspend"), ("users", "activate"),
+             ("users", "delete"), ("keys", "revoke")}
+
+
+async def _with_db(config: Config, work: Callable[..., Awaitable[int]],
+                   announced: bool = False) -> int:
     db = await open_store(config)
     try:
         await sync_plans(db, config.plans)
-        return await work(db)
+        code = await work(db)
     finally:
         await db.close()
+    if announced and code == 0 and config.redis.url and not await announce(
+            config.redis.url, timeout=config.redis.timeout):
+        print("llmapi: Redis unreachable: running gateways see the change by polling "
+              "the database within a second", file=sys.stderr)
+    return code
 
 
 async def _plan_problem(db: Any, plan: str) -> str | None:

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.accounts.users import AccountError
 from gateway.config import CONFIG
+from gateway.events import USER_EVENTS, UserChanged
 from gateway.reports import admin, catalog
 from gateway.reports.health import health_snapshot
 from web.guards import require_admin
@@ -94,6 +95,7 @@ async def _user_action(request: web.Request, field: str) -> web.Response:
                                       client_ip(request))
         else:
             await admin.change_plan(db, actor, user_id, form.get("plan", ""), client_ip(request))
+        await request.app[USER_EVENTS].publish(UserChanged(user_id))  # every instance, now
     except AccountError as exc:
         error = translated(exc)
     if is_htmx(request):

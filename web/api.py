@@ -20,6 +20,7 @@ from gateway.accounts.signup import SiteAccountError
 from gateway.accounts.users import AccountError
 from gateway.config import CONFIG
 from gateway.errors import ApiError
+from gateway.events import USER_EVENTS, UserChanged
 from gateway.reports import admin, dashboard
 from gateway.reports.health import health_snapshot
 from web.csrf import csrf_token
@@ -164,6 +165,7 @@ async def dash_revoke_key(request: web.Request) -> web.Response:
                                        int(request.match_info["key_id"]))
     except (ValueError, AccountError):
         raise ApiError("not_found_error", "no such active key") from None
+    await request.app[USER_EVENTS].publish(UserChanged(user.id))  # every instance, now
     return reply({"revoked": True})
 
 
@@ -200,6 +202,7 @@ async def admin_update_user(request: web.Request) -> web.Response:
         if "plan" in form:
             await admin.change_plan(db_of(request), actor, user_id, form["plan"],
                                     client_ip(request))
+        await request.app[USER_EVENTS].publish(UserChanged(user_id))  # every instance, now
         return reply(await admin.user_row(db_of(request), user_id))
     except ValueError:
         raise ApiError("not_found_error", "no such user") from None

@@ -12,6 +12,7 @@ from gateway.accounts import recovery
 from gateway.accounts import signup as site_accounts
 from gateway.accounts.signup import SiteAccountError
 from gateway.accounts.users import AccountError, NewKey
+from gateway.events import USER_EVENTS, UserChanged
 from gateway.reports import dashboard
 from web.guards import require_user
 from web.i18n import _, translated
@@ -107,6 +108,7 @@ async def revoke_key(request: web.Request) -> web.Response:
         await dashboard.revoke_own_key(db_of(request), user.id, key_id)
     except (ValueError, AccountError):
         raise web.HTTPNotFound(reason=_("No such key")) from None
+    await request.app[USER_EVENTS].publish(UserChanged(user.id))  # every instance, now
     if is_htmx(request):
         ctx = await _dashboard_context(request, user, ("keys",))
         ctx["revoked"] = True  # the notice takes the focus the removed button had
@@ -225,6 +227,7 @@ async def delete_account(request: web.Request) -> web.Response:
     except SiteAccountError as exc:
         return await _settings_reply(request, user, "partials/settings_delete.html",
                                      {exc.field or "confirm_email": translated(exc)}, "")
+    await request.app[USER_EVENTS].publish(UserChanged(user.id))  # every instance, now
     await sign_out(request)
     await flash(request, _("Your account was deleted and its keys revoked."))
     return htmx_redirect(request, "/")

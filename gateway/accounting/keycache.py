@@ -3,12 +3,14 @@
 The hot path never touches SQLite for a known key. A key seen for the first time is loaded
 once. Every `REFRESH_INTERVAL` the cache asks the database which keys, users or
 subscriptions changed since the last look (including changes made by another process,
-such as `python -m gateway keys revoke`) and reloads just those.
+such as `python -m gateway keys revoke`) and reloads just those. With several instances a
+change announced on Redis (gateway/events.py) makes that look happen at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -18,7 +20,7 @@ from aiohttp import web
 
 from gateway.accounts.users import hash_key
 from gateway.errors import ApiError
-from gateway.events import UserChanged, UserEvents
+from gateway.events import REMOTE, UserChanged, UserEvents
 from gateway.store.base import Store
 
 log = logging.getLogger("llmapi.auth")
@@ -65,6 +67,7 @@ class KeyCache:
         self._keys: dict[str, KeyInfo] = {}
         self._unknown: dict[str, float] = {}  # hash -> when we last found nothing
         self._checked_at = time.time()
+        self._wake = asyncio.Event()  # set: poll now (a change heard from another instance)
 
     async def authenticate(self, raw_key: str | None) -> KeyInfo:
         """The key's info, or an `ApiError` (401 unknown/revoked, 403 suspended)."""
@@ -98,11 +101,14 @@ class KeyCache:
         return info
 
     def _user_changed(self, event: UserChanged) -> None:
-        """Someone changed this user: drop their keys, reloaded on their next request."""
+        """Someone changed this user: drop their keys, reloaded on their next request. A
+        change heard from another instance also makes the refresher poll at once."""
         if event.origin is self:
             return
         for digest in [d for d, info in self._keys.items() if info.user_id == event.user_id]:
             del self._keys[digest]
+        if event.origin is REMOTE:
+            self._wake.set()
 
     async def refresh(self) -> None:
         """Reload every cached key whose key, user or subscription row changed."""
@@ -116,11 +122,14 @@ class KeyCache:
             if digest in self._keys:
                 self._keys[digest] = _info(row)
             if self._events is not None:
-                await self._events.publish(UserChanged(row["user_id"], origin=self))
+                await self._events.publish(UserChanged(row["user_id"], origin=self,
+                                                       broadcast=False))
 
     async def run_refresher(self) -> None:
         while True:
-            await asyncio.sleep(self.refresh_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.refresh_interval)
+            self._wake.clear()
             try:
                 await self.refresh()
             except Exception:  # keep refreshing; a locked DB now is fine a moment later

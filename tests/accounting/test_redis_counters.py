@@ -33,7 +33,7 @@ from gateway.store.base import Store
 from gateway.store.postgres import open_postgres
 from gateway.store.sqlite import open_database
 from tests.helpers.gateway import provider_table
-from tests.helpers.services import RedisServer
+from tests.helpers.services import RedisServer, free_port
 
 PLANS = {
     "free": PlanConfig("free", monthly_tokens=0, rpm=0),
@@ -401,7 +401,7 @@ async def test_start_period_heard_by_every_instance_resets_once(
 
 
 async def test_redis_down_at_start_is_an_outage_not_a_crash(store: Store) -> None:
-    port = RedisServer().port  # nothing listens there
+    port = free_port()  # nothing listens there
     uid = await create_user(store, "nostart@example.com", plan="rpm30")
     node = RedisCounters(store, PLANS, RedisConfig(url=f"redis://127.0.0.1:{port}/0",
                                                    on_error="fail_open", timeout=0.2))
