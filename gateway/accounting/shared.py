@@ -286,7 +286,10 @@ class RedisCounters:
             if status == 2:
                 (used, reserved, short, today, count, reset_ms, in_flight, key_in_flight,
                  period_end) = reply[1:]
-                reset_at = int(reset_ms) / 1000
+                # Decided when the script ran, not when this request took its time: another
+                # instance's admission may have landed in the window in between.
+                now = time.time()
+                reset_at = min(int(reset_ms) / 1000, now + 60)
                 raise refusal(ask, Figures(
                     tokens_used=int(used), reserved=int(reserved), quota_short=bool(short),
                     requests_today=int(today), day=day_start(now), window=int(count),

@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from gateway.accounts.users import create_user
-from tests.helpers.cluster import OPEN_PLAN, Cluster
+from tests.helpers.cluster import OPEN_PLAN, Cluster, log_tail
 from tests.helpers.site import PASSWORD, SiteClient
 
 pytestmark = pytest.mark.slow
@@ -46,6 +46,11 @@ async def post(s: aiohttp.ClientSession, url: str, key: str,
         return r.status, r.headers, await r.read()
 
 
+def logs(cluster: Cluster) -> str:
+    """The instances' log tails, for a failure message."""
+    return "\n".join(f"--- {inst.name}\n{log_tail(inst.log, 1500)}" for inst in cluster.instances)
+
+
 async def flushed_rows(cluster: Cluster, want: int, timeout: float = 10) -> int:
     """Usage rows are written behind (every 0.25 s per instance): wait until `want`."""
     deadline = time.monotonic() + timeout
@@ -65,7 +70,7 @@ async def test_rpm_30_over_three_instances_admits_exactly_30(cluster_factory: An
         results = await asyncio.gather(*(post(s, urls[i % 3], key, body(f"r{i}"))
                                          for i in range(90)))
     statuses = [r[0] for r in results]
-    assert statuses.count(200) == 30 and statuses.count(429) == 60, statuses
+    assert statuses.count(200) == 30 and statuses.count(429) == 60, (statuses, logs(cluster))
     per_instance = [sum(1 for i, r in enumerate(results) if r[0] == 200 and i % 3 == n)
                     for n in range(3)]
     print(f"\n[shared rpm] 90 requests over 3 instances, rpm 30: admitted per instance "
@@ -75,7 +80,7 @@ async def test_rpm_30_over_three_instances_admits_exactly_30(cluster_factory: An
             assert b"30 of 30 requests per minute" in raw
             assert 1 <= int(headers["retry-after"]) <= 60
             assert headers["x-ratelimit-remaining"] == "0"
-    assert await flushed_rows(cluster, 30) == 30
+    assert await flushed_rows(cluster, 30) == 30, logs(cluster)
     used = await cluster.fetchval("SELECT requests_used FROM subscriptions s JOIN users u "
                                   "ON u.id = s.user_id WHERE u.email = $1", "rpm@example.com")
     assert used == 30
