@@ -63,6 +63,7 @@ from gateway.accounting.limits import (
     day_start,
     rate_headers,
     refusal,
+    token_headers,
 )
 from gateway.accounts.users import add_month
 from gateway.config import PlanConfig, RedisConfig
@@ -137,7 +138,7 @@ if res > 0 then
   redis.call('PEXPIRE', ures, keep)
   redis.call('HINCRBY', q, 'reserved', res)
 end
-return {0, res, mt, count + 1, reset, qv[1], qv[2]}
+return {0, res, mt, count + 1, reset, qv[1], qv[2], used, reserved + res}
 """
 
 # KEYS: q ufl ures kfl epoch; ARGV: token tokens period_start epoch. Frees the grant's
@@ -296,10 +297,13 @@ class RedisCounters:
                     reset_at=reset_at, in_flight=int(in_flight),
                     key_in_flight=int(key_in_flight), period_end=float(period_end)),
                     rate_headers(ask.rpm, int(count), reset_at), now)
-            reserved, max_tokens, count, reset_ms, ps, pe = reply[1:]
+            reserved, max_tokens, count, reset_ms, ps, pe, used, held = reply[1:]
+            granted = rate_headers(ask.rpm, int(count), int(reset_ms) / 1000)
+            if plan.monthly_tokens:
+                granted.update(token_headers(plan.monthly_tokens, int(used), int(held),
+                                             float(pe)))
             grant = Grant(ask.user_id, ask.key_id, int(reserved), int(max_tokens), float(ps),
-                          rate_headers(ask.rpm, int(count), int(reset_ms) / 1000),
-                          token=token)
+                          granted, token=token)
             self._live[token] = grant
             self._count(ask.user_id, float(ps), float(pe), 0, 1)
             return grant

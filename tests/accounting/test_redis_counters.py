@@ -158,6 +158,9 @@ async def test_1000_token_plan_60_concurrent_over_three_instances(
         grants = [r for r in results if isinstance(r, Grant)]
         refused = [r for r in results if isinstance(r, ApiError)]
         assert sum(g.reserved for g in grants) <= 1000  # reservations never pass the quota
+        lefts = sorted(int(g.headers["anthropic-ratelimit-tokens-remaining"]) for g in grants)
+        assert lefts[0] == 1000 - sum(g.reserved for g in grants)  # the last one saw them all
+        assert all(g.headers["anthropic-ratelimit-tokens-limit"] == "1000" for g in grants)
         assert all(g.max_tokens <= 4096 and g.reserved == 12 + g.max_tokens for g in grants)
         assert refused and all("monthly token quota exhausted" in e.message for e in refused)
         assert all(e.headers["retry-after"] for e in refused)
