@@ -13,6 +13,7 @@ import sys
 
 from aiohttp import web
 
+from gateway import http_server
 from gateway.app import build_app
 from gateway.billing.alipay import read_keys
 from gateway.config import CONFIG, Config, ConfigError
@@ -146,8 +147,8 @@ def _run(config: Config) -> int:
         if config.source == "<defaults>":
             print(next_steps(config), file=sys.stderr, flush=True)
 
-    web.run_app(app, host=host, port=port, access_log=None, print=announce,
-                handler_cancellation=True,
-                # past the grace: the app ends what is left at the grace (gateway/inflight.py)
-                shutdown_timeout=config.server.shutdown_grace + CUT_MARGIN)
+    # web.run_app, with unparsable requests answered as API errors (gateway/http_server.py);
+    # the timeout is past the grace: the app ends what is left at the grace (inflight.py)
+    http_server.run(app, host, port, config.server.shutdown_grace + CUT_MARGIN,
+                    lambda: announce(""))
     return 0
