@@ -176,3 +176,70 @@ async def test_bridge_and_phone_meet_through_the_balancer(cluster_factory: Any) 
         for peer in [*bridges, *viewers]:
             await peer.close()
         await phone.close()
+
+
+async def owner_of(cluster: Cluster, email: str, session_id: str) -> int:
+    """Which instance holds the session's bridge (only it reports it connected)."""
+    found = []
+    for i, inst in enumerate(cluster.instances):
+        if not inst.running:
+            continue
+        direct = await sign_in(inst.url, email)
+        async with direct.get(f"{inst.url}/api/remote/sessions/{session_id}") as r:
+            if (await r.json())["state"] == "connected":
+                found.append(i)
+        await direct.close()
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.slow
+async def test_a_session_outlives_its_instance_and_stays_put_when_it_returns(
+        cluster_factory: Any) -> None:
+    """Kill -9 the instance holding a session: both ends reconnect through the balancer and
+    meet on another one. Restart the killed one: a phone reconnecting later still meets
+    its bridge (the stick table; a bare hash would send it back, apart from its bridge)."""
+    cluster: Cluster = await cluster_factory(instances=3)
+    db = await cluster.store()
+    email = "survive@example.com"
+    user_id = await create_user(db, email, password=PASSWORD, plan="open")
+    key = (await create_key(db, email)).raw
+    session = await create_session(db, user_id, 2)
+    phone = await sign_in(cluster.url, email)
+    ws_url = f"{cluster.url}/remote-ws?session={session.id}&role="
+
+    async def pair() -> tuple[Peer, Peer]:
+        bridge = Peer(await phone.ws_connect(ws_url + "bridge", headers={"x-api-key": key}))
+        viewer = Peer(await phone.ws_connect(ws_url + "viewer",
+                                             headers={"Origin": cluster.url}))
+        return bridge, viewer
+
+    async def meet(bridge: Peer, viewer: Peer, word: str) -> None:
+        await viewer.until(lambda d: d["type"] == "status" and d.get("bridge") is True)
+        await bridge.send({"type": "output", "data": b64(word)})
+        got = await viewer.until(lambda d: d["type"] == "output"
+                                 and word.encode() in base64.b64decode(d["data"]))
+        assert got
+
+    try:
+        bridge, viewer = await pair()
+        await meet(bridge, viewer, "first")
+        owner = await owner_of(cluster, email, session.id)
+        cluster.kill(owner)
+        assert await bridge.close_code(timeout=10) is not None
+        assert await viewer.close_code(timeout=10) is not None
+        await cluster.wait_backend(owner, up=False, backend="gateways_by_session")
+        bridge, viewer = await pair()  # what the bridge daemon and the page do by themselves
+        await meet(bridge, viewer, "second")
+        second_owner = await owner_of(cluster, email, session.id)
+        assert second_owner != owner
+
+        await cluster.restart(owner)
+        await cluster.wait_backend(owner, up=True, backend="gateways_by_session")
+        await viewer.close()  # the phone changes network: a new connection, later
+        viewer = Peer(await phone.ws_connect(ws_url + "viewer",
+                                             headers={"Origin": cluster.url}))
+        await meet(bridge, viewer, "third")
+        assert await owner_of(cluster, email, session.id) == second_owner
+    finally:
+        await phone.close()
