@@ -4,6 +4,11 @@ A probe asks for the provider's model list (`GET {base_url}/models` for OpenAI-c
 upstreams, `GET {base_url}/v1/models` for Anthropic-compatible ones): free, and it proves
 DNS, TLS, the network path and the credentials. A 401/403 marks the provider's credentials
 as refused; a 404 still proves the server is up (not every vendor lists models).
+
+Each change of a provider's probe state is logged once, with the URL and the cause
+(`provider x health probe failing: GET https://.../models: unreachable: Cannot connect to
+...`, then `... healthy again ... after 42 s`); a provider that stays down or stays up
+adds nothing to the log, however often it is probed.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class ProbeResult:
     latency_ms: float | None = None
     ok: bool | None = None  # None: never probed
     error: str | None = None
+    detail: str = ""  # the exception's own words, for the log line (not for /health)
 
 
 class HealthChecker:
@@ -40,6 +46,9 @@ class HealthChecker:
         self.interval = interval
         self.results: dict[str, ProbeResult] = {p.name: ProbeResult() for p in providers}
         self._session: aiohttp.ClientSession | None = None
+        # provider -> the state last logged: None healthy (or never probed), else the cause
+        self._logged: dict[str, str | None] = {}
+        self._failing_since: dict[str, float] = {}
 
     async def probe(self, provider: ProviderConfig) -> ProbeResult:
         assert self._session is not None
@@ -57,6 +66,8 @@ class HealthChecker:
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             result.ok, result.error = False, f"unreachable ({type(exc).__name__})"
+            result.detail = str(exc) or (f"no answer within {provider.first_byte_timeout:g}s"
+                                         if isinstance(exc, TimeoutError) else "")
         else:
             result.latency_ms = round((time.perf_counter() - started) * 1000, 2)
             if status in (401, 403):
@@ -66,6 +77,7 @@ class HealthChecker:
             else:
                 result.ok = True
         self.results[provider.name] = result
+        self._log_change(provider.name, url, result)
         breaker = self.breakers[provider.name]
         if result.ok:
             if breaker.state != "closed" and breaker.usable:
@@ -73,6 +85,24 @@ class HealthChecker:
         else:
             breaker.failure()
         return result
+
+    def _log_change(self, name: str, url: str, result: ProbeResult) -> None:
+        """One line when the state (healthy, or failing for this cause) changes."""
+        state = None if result.ok else result.error
+        if self._logged.get(name) == state:
+            return
+        before = self._logged.get(name)
+        self._logged[name] = state
+        if state is None:
+            since = self._failing_since.pop(name, None)
+            took = f" after {time.monotonic() - since:.0f}s" if since is not None else ""
+            log.info("provider %s health probe healthy again: GET %s answered%s",
+                     name, url, took)
+            return
+        self._failing_since.setdefault(name, time.monotonic())
+        cause = f"{state}: {result.detail}" if result.detail else state
+        log.warning("provider %s health probe failing%s: GET %s: %s", name,
+                    f" (was: {before})" if before else "", url, cause)
 
     async def check_all(self) -> None:
         await asyncio.gather(*(self.probe(p) for p in self.providers))

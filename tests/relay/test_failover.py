@@ -4,11 +4,13 @@ metrics and graceful shutdown, with fake upstreams as real servers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from email.utils import formatdate
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,12 @@ from typing import Any
 import aiohttp
 import anthropic
 import pytest
+from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.providers.http import parse_retry_after
+from gateway.testing.fake_upstream import FakeSettings
+from gateway.testing.fake_upstream import build_app as build_fake
 from tests.helpers.gateway import fake_stats, free_port, provider_table, wait_for_port
 
 FAST = {"first_byte_timeout": 0.5, "connect_timeout": 0.5, "idle_timeout": 0.5}
@@ -47,6 +52,15 @@ async def post(gw: Any, key: str, body: dict[str, Any] | None = None) -> tuple[i
         if r.content_type == "text/event-stream":
             return r.status, await r.text()
         return r.status, await r.json()
+
+
+async def until(condition: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    """Wait for a state the gateway reaches by itself (a probe round, a flush)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not after {timeout}s")
+        await asyncio.sleep(0.01)
 
 
 def served_by(stats: dict[str, Any]) -> int:
@@ -161,7 +175,8 @@ async def test_health_checker_probes_without_spending_tokens(
     gw = await gateway_factory({"providers": [provider_table("up", "openai", up, **FAST),
                                               provider_table("dead", "anthropic", dead, **FAST)],
                                 "routing": {**ROUTING, "health_interval": 0.1}})
-    await asyncio.sleep(0.6)
+    await until(lambda: all(gw.health.results[n].ok is not None for n in ("up", "dead")),
+                "both providers probed")
     async with aiohttp.ClientSession() as s, s.get(gw.url + "/health") as r:
         snapshot = await r.json()
     assert r.status == 200
@@ -348,3 +363,43 @@ async def test_a_retry_after_beyond_max_retry_after_is_not_waited_for(
     status, _ = await post(gw, key)
     assert status == 200 and time.monotonic() - started < 1.5  # the backoff, not 2 s
     assert (await fake_stats(base))["total_requests"] == 2
+
+
+async def test_probe_failures_are_logged_once_per_state_change_with_cause_and_url(
+        gateway_factory: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A real upstream goes away for many probe rounds and comes back on the same port:
+    one warning naming the URL and the cause, one line when it is healthy again."""
+    port = free_port()
+
+    async def start_upstream() -> TestServer:
+        server = TestServer(build_fake(FakeSettings(port=0)), host="127.0.0.1", port=port)
+        await server.start_server()
+        return server
+
+    upstream = await start_upstream()
+    base = f"http://127.0.0.1:{port}"
+    gw = await gateway_factory({"providers": [provider_table("flaky", "openai", base, **FAST)],
+                                "routing": {**ROUTING, "health_interval": 0.05}})
+    results = gw.health.results
+    caplog.set_level(logging.INFO, logger="llmapi.health")
+    try:
+        await until(lambda: results["flaky"].ok is True, "first probe healthy")
+        await upstream.close()
+        down_at = time.time()
+        await until(lambda: results["flaky"].ok is False
+                    and results["flaky"].checked_at > down_at + 0.5, "many probes while down")
+        upstream = await start_upstream()
+        up_at = time.time()
+        await until(lambda: results["flaky"].ok is True
+                    and results["flaky"].checked_at > up_at + 0.3, "many probes after")
+    finally:
+        await upstream.close()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "llmapi.health"]
+    assert len(lines) == 2, lines
+    (level, failing), (level2, healthy) = lines
+    assert level == "WARNING" and level2 == "INFO"
+    assert failing.startswith(f"provider flaky health probe failing: GET {base}/v1/models: "
+                              "unreachable (ClientConnectorError): Cannot connect to host "
+                              f"127.0.0.1:{port}"), failing
+    assert healthy.startswith(f"provider flaky health probe healthy again: GET "
+                              f"{base}/v1/models answered after "), healthy
