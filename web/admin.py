@@ -89,6 +89,15 @@ async def _user_action(request: web.Request, field: str) -> web.Response:
         raise web.HTTPNotFound() from None
     error = ""
     db = db_of(request)
+    if (field == "status" and form.get("status") == "suspended" and not is_htmx(request)
+            and form.get("confirm") != "1"):
+        # Without JavaScript there is no confirm dialog: ask on a page of its own first.
+        try:
+            row = await admin.user_row(db, user_id)
+        except AccountError:
+            raise web.HTTPNotFound() from None
+        return await render(request, "pages/admin/confirm_suspend.html", {
+            "u": row, "back": safe_next(form.get("back"), "/admin/users")}, forms=True)
     try:
         if field == "status":
             await admin.change_status(db, actor, user_id, form.get("status", ""),

@@ -133,3 +133,27 @@ async def test_audit_filters_margin_and_blog(browser: Browser, site: Gateway, wi
     finally:
         await context.close()
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(("width_name", "viewport"), WIDTHS)
+async def test_suspending_without_javascript_is_confirmed_on_a_page(
+        browser: Browser, site: Gateway, width_name: str, viewport: ViewportSize) -> None:
+    admin = f"suspender-{width_name}@example.com"
+    await make_user(site, admin, admin=True)
+    target = await make_user(site, f"to-suspend-{width_name}@example.com")
+    context, page = await context_for(browser, site, viewport, "zh-CN", js=False)
+    try:
+        await sign_in(page, admin)
+        await page.goto(f"/admin/users?q=to-suspend-{width_name}")
+        await page.locator(f"#user-{target} button:has-text('停用')").click()
+        await expect(page.locator("h1")).to_have_text("停用这个用户？")
+        assert (await site.db.fetch_one("user_by_id", {"id": target}))["status"] == "active"
+        fits = await page.evaluate("document.documentElement.scrollWidth <= innerWidth + 1")
+        assert fits, "the confirmation page scrolls sideways"
+        await shot(page, f"operator-confirm-suspend-zh-CN-{width_name}")
+        await page.click("main form button[type=submit]")
+        await page.wait_for_url(re.compile(r"/admin/users\?q=to-suspend"))
+        await expect(page.locator(f"#user-{target}")).to_contain_text("已停用")
+        assert (await site.db.fetch_one("user_by_id", {"id": target}))["status"] == "suspended"
+    finally:
+        await context.close()

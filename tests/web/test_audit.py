@@ -97,7 +97,8 @@ async def test_the_audit_page_filters_with_and_without_javascript(
         victim = await gw.db.fetch_one("user_by_email", {"email": "ann@example.com"})
         await admin.get("/admin/users")
         status, _, _ = await admin.post(f"/admin/users/{victim['id']}/status",
-                                        {"status": "suspended", "back": "/admin/users"})
+                                        {"status": "suspended", "confirm": "1",
+                                         "back": "/admin/users"})
         assert status == 303
         # an old entry, ten days back, about an order (the date filters must find it alone)
         await gw.db.insert("audit_insert", {

@@ -56,7 +56,8 @@ async def test_admin_row_errors_are_in_chinese_with_and_without_javascript(
         assert status == 422 and "你不能更改自己账号的状态" in html
         assert not ASCII_SENTENCE.search(html)
         status, _, headers = await admin.post(f"/admin/users/{me['id']}/status",
-                                              {"status": "suspended", "back": "/admin/users"})
+                                              {"status": "suspended", "confirm": "1",
+                                               "back": "/admin/users"})
         assert status == 303
         status, html, _ = await admin.get(headers["Location"])
         assert "你不能更改自己账号的状态" in html and not ASCII_SENTENCE.search(html)

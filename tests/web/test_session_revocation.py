@@ -131,7 +131,7 @@ async def test_suspension_from_the_admin_page_ends_sessions(gateway: Gateway) ->
         user = await gateway.db.fetch_one("user_by_email", {"email": "member@example.com"})
         await admin.get("/admin/users")
         status, text, _ = await admin.post(f"/admin/users/{user['id']}/status",
-                                           {"status": "suspended"})
+                                           {"status": "suspended", "confirm": "1"})
         assert status == 303, text
         assert await copied_status(gateway, cookie) == 302
         await set_user_status(gateway.db, "member@example.com", "active")

@@ -179,3 +179,28 @@ async def test_outbox_shows_the_codes_sent_to_new_users(gateway: Gateway) -> Non
     finally:
         await admin.close()
         await visitor.close()
+
+
+async def test_suspending_without_javascript_asks_on_a_page_first(gateway: Gateway) -> None:
+    """No confirm dialog without JavaScript: the first POST only asks, the second acts."""
+    admin = await signed_in(gateway, "asker@example.com", admin=True)
+    user_id = await make_user(gateway, "careful@example.com")
+    try:
+        await admin.get("/admin/users?lang=zh-CN")
+        status, text, _ = await admin.post(f"/admin/users/{user_id}/status",
+                                           {"status": "suspended", "back": "/admin/users?q=c"})
+        assert status == 200 and "停用这个用户？" in text and "careful@example.com" in text
+        assert 'name="confirm" value="1"' in text and 'href="/admin/users?q=c"' in text
+        row = await gateway.db.fetch_one("user_by_id", {"id": user_id})
+        assert row["status"] == "active"  # nothing happened yet
+        assert not await gateway.db.fetch_all("audit_of_target", {"prefix": f"user:{user_id} %"})
+        status, _, headers = await admin.post(f"/admin/users/{user_id}/status", {
+            "status": "suspended", "confirm": "1", "back": "/admin/users?q=c"})
+        assert status == 303 and headers["Location"] == "/admin/users?q=c"
+        row = await gateway.db.fetch_one("user_by_id", {"id": user_id})
+        assert row["status"] == "suspended"
+        # activating needs no confirmation
+        status, _, _ = await admin.post(f"/admin/users/{user_id}/status", {"status": "active"})
+        assert status == 303
+    finally:
+        await admin.close()
