@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway import config as config_module
 from gateway.config import ConfigError, load_config, parse_config
+from tests.helpers.gateway import ROOT
 
 PROVIDER = {"name": "dashscope", "protocol": "openai", "base_url": "https://x.example/v1",
             "models": {"default": "qwen3-coder-plus"}}
@@ -152,3 +158,68 @@ def test_parsing_touches_no_file(tmp_path: Path) -> None:
         listening[0] = False
     assert events == []
     assert config.alipay.private_key_path == tmp_path / "nope" / "app.pem"
+
+
+# --- every key the parser accepts is in the README's config reference ------------------
+
+# One table of each kind the parser reads, so its conditional readers run too. "*" stands
+# for a name the operator chooses (a model, a currency); keys under it are still keys.
+EVERY_TABLE: dict[str, object] = {
+    "providers": [{"name": "p", "protocol": "openai", "base_url": "https://x.example/v1",
+                   "models": {"*": "m"}, "max_output_tokens": {"*": 10},
+                   "pricing": {"*": {"input": 1.0, "output": 2.0, "cached_input": 0.5}}}],
+    "plans": [{"name": "gold"}],
+    "routing": {"light": {"provider": "p", "model": "m"},
+                "coding": {"provider": "p", "model": "m"}},
+}
+
+
+def accepted_keys() -> set[str]:
+    """Every dotted key the parser asks for (and so does not refuse as unknown), recorded
+    from its own readers while it parses; `providers[0].x` is written `providers.x`."""
+    found: set[str] = set()
+    finish = config_module._Reader.finish
+
+    def recording(self: Any) -> None:
+        prefix = re.sub(r"\[\d+\]", "", self.prefix)
+        found.update(f"{prefix}.{name}" if prefix else name for name in self.seen)
+        finish(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config_module._Reader, "finish", recording)
+        parse_config(EVERY_TABLE, env={})
+    return {key for key in found if not key.endswith(".*")}
+
+
+def readme_reference_keys() -> set[str]:
+    """The dotted keys of the TOML blocks in the README's "Config file reference"."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Config file reference\n", 1)[1].split("\n## ", 1)[0]
+    keys: set[str] = set()
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for item in value:
+                walk(prefix, item)
+        elif isinstance(value, dict):
+            for name, inner in value.items():
+                key = f"{prefix}.{name}" if prefix else name
+                keys.add(key)
+                walk(key, inner)
+
+    for block in re.findall(r"```toml\n(.*?)```", section, re.S):
+        walk("", tomllib.loads(block))
+    return keys
+
+
+def test_every_config_key_is_in_the_readme_reference() -> None:
+    documented = readme_reference_keys()
+    accepted = accepted_keys()
+    assert len(accepted) > 80  # the recorder saw the whole parser, not one table
+    missing = sorted(k for k in accepted
+                     if not any(fnmatch.fnmatchcase(d, k) for d in documented))
+    assert missing == [], "add these keys to the README's Config file reference"
+    unknown = sorted(d for d in documented
+                     if not any(fnmatch.fnmatchcase(d, k) or d.startswith(k + ".")
+                                for k in accepted))
+    assert unknown == [], "the README documents keys the parser refuses"
