@@ -169,7 +169,14 @@ async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[st
             await response.write(tail)
     finally:
         streams.closed(response)
-    await response.write_eof()
+    try:
+        await response.write_eof()
+    except ConnectionError:
+        # The client hung up after the last event it needed (Codex CLI closes the
+        # connection on `response.completed`) while the upstream was still ending its body:
+        # every byte of the answer was written, so the request succeeded all the same.
+        log.debug("client closed before the end of the body (request %s)",
+                  trip.call.request_id)
 
 
 async def answer_remote_control(app: web.Application, key: KeyInfo, call: Call,

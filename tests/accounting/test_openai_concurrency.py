@@ -17,13 +17,17 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 
+from gateway.api.messages import stream_reply
+from gateway.streams import STREAMS, OpenStreams
 from tests.conftest import fake_stats, provider_table
 
 ROUTES = {"anthropic": "/v1/messages", "chat": "/v1/chat/completions",
@@ -259,3 +263,84 @@ async def test_hang_up_right_after_the_last_chunk(gateway_factory: Any, fake_fac
     assert (status, ingress, attempts, estimated, output_tokens) == \
         ("success", route, 1, 0, 7)
     assert int((await fake_stats(base))["completed_streams"]) == 1
+
+
+
+class LastThenLinger:
+    """A streamed reply whose last event is out while the reply has not ended yet (the
+    upstream is still closing its body): ends when `gate` is set."""
+
+    stream = True
+    body = b""
+    failed = None
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+
+    async def chunks(self) -> Any:
+        yield b"event: response.created\ndata: {}\n\n"
+        yield b"event: response.completed\ndata: {}\n\n"
+        await self.gate.wait()
+
+    def abort(self, error_type: str, message: str) -> bytes:
+        return b""
+
+
+class TripStub:
+    def __init__(self) -> None:
+        self.response: Any = None
+        self.call = SimpleNamespace(request_id="req_test")
+        self.cut = False
+
+    def first_byte(self) -> None:
+        pass
+
+
+async def test_client_closing_on_the_last_event_is_not_an_error() -> None:
+    """Codex CLI closes the connection as soon as `response.completed` arrives; the reply
+    may not have ended yet. Writing the end of the body then fails, and used to turn a
+    complete answer into a 500 `error` row (seen with the real Codex 0.171): it must not."""
+    gate, outcome = asyncio.Event(), []
+
+    requests: list[web.Request] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        requests.append(request)
+        trip = TripStub()
+        try:
+            await stream_reply(request, LastThenLinger(gate), {}, trip)  # type: ignore[arg-type]
+        except BaseException as exc:
+            outcome.append(repr(exc))
+            raise
+        outcome.append("returned")
+        return trip.response  # type: ignore[no-any-return]
+
+    app = web.Application()
+    app[STREAMS] = OpenStreams()
+    app.router.add_post("/v1/responses", handler)
+    # The served gateway cancels a handler whose client is gone (handler_cancellation), but
+    # only at its next await: here the reply ends without one, as when the upstream's last
+    # read was already buffered, so the end of the body is written to a closed transport.
+    runner = web.AppRunner(app, handler_cancellation=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        client = await RawClient.send(url, "/v1/responses", "k", {})
+        await client.read_until(b"event: response.completed\ndata: {}\n\n")
+        client.abort()
+
+        async def connection_gone() -> bool:
+            transport = requests[0].transport if requests else None
+            return bool(requests) and (transport is None or transport.is_closing())
+        await wait_for(connection_gone, "the server to see the hang-up")
+        gate.set()  # only now does the reply end
+
+        async def handled() -> bool:
+            return bool(outcome)
+        await wait_for(handled, "the handler to finish")
+    finally:
+        gate.set()
+        await runner.cleanup()
+    assert outcome == ["returned"]

@@ -115,11 +115,11 @@ def install_codex(prefix: Path) -> Path:
     return found
 
 
-def codex_config(base_url: str) -> str:
+def codex_config(base_url: str, model: str = MODEL) -> str:
     """CODEX_HOME/config.toml: the gateway as a custom Responses provider, nothing else
     (no update check, analytics, feedback, plugins or apps: they would reach out)."""
     return "\n".join([
-        f'model = "{MODEL}"',
+        f'model = "{model}"',
         'model_provider = "llmapi"',
         "check_for_update_on_startup = false",
         "[model_providers.llmapi]",
@@ -136,10 +136,10 @@ def codex_config(base_url: str) -> str:
 
 
 def run_codex(binary: Path, base_url: str, key: str, home: Path, target: Path,
-              timeout: int, task: str = "command") -> Outcome:
+              timeout: int, task: str = "command", model: str = MODEL) -> Outcome:
     """`codex exec` as CODEX_CLI.md runs it: env -i, fresh CODEX_HOME, stdin closed."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(codex_config(base_url))
+    (home / "config.toml").write_text(codex_config(base_url, model))
     env = {"PATH": "/usr/bin:/bin", "HOME": str(home), "CODEX_HOME": str(home),
            "LLMAPI_API_KEY": key, "TERM": "dumb", "NO_PROXY": "127.0.0.1,localhost"}
     argv = ["timeout", "--kill-after=10", str(timeout), str(binary), "exec", "--json",
@@ -300,7 +300,8 @@ def ingress_rows(db_path: Path) -> list[str]:
 
 
 def run_protocol(protocol: str, procs: Processes, fake_port: int, codex: Path | None,
-                 timeout: int, task: str = "command") -> tuple[bool, str]:
+                 timeout: int, task: str = "command",
+                 model: str = MODEL) -> tuple[bool, str]:
     """Gateway + user + key for one protocol, then the CLI (or the SDK), then the checks."""
     workdir = procs.workdir / protocol
     (workdir / "project").mkdir(parents=True)
@@ -323,7 +324,8 @@ def run_protocol(protocol: str, procs: Processes, fake_port: int, codex: Path | 
     if codex is None:
         outcome = run_sdk_turns(base_url, key, target, task)
     else:
-        outcome = run_codex(codex, base_url, key, workdir / "home", target, timeout, task)
+        outcome = run_codex(codex, base_url, key, workdir / "home", target, timeout, task,
+                            model)
     stats = http_json(fake + "/_fake/stats")
     problems = check(protocol, outcome, stats, db_path)
     ingresses = ingress_rows(db_path)
@@ -353,6 +355,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--task", choices=["command", "patch"], default="command",
                         help="command: the fake calls exec_command; patch: it calls the "
                              "free-form apply_patch tool (default: command)")
+    parser.add_argument("--model", default=MODEL,
+                        help=f"the model name Codex asks for (default {MODEL}, outside its "
+                             "catalogue; a catalogue name such as gpt-5-codex makes Codex "
+                             "offer its free-form apply_patch tool)")
     parser.add_argument("--keep", action="store_true",
                         help="keep the temporary folder (configs, databases, logs)")
     parser.add_argument("--dry-run", action="store_true",
@@ -393,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for protocol in protocols:
                 try:
                     passed, detail = run_protocol(protocol, procs, fake_port, codex,
-                                                  args.timeout, args.task)
+                                                  args.timeout, args.task, args.model)
                 except E2EError as exc:
                     passed, detail = False, str(exc)
                 results[protocol] = passed
