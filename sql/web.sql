@@ -160,6 +160,16 @@ UPDATE users SET email_verified = 1,
     status = CASE WHEN status = 'pending' THEN 'active' ELSE status END, updated_at = :now
 WHERE id = :id;
 
+-- name: site_user_verify_by_code
+-- The code proved the mailbox. The password stays only if the verifying browser set it
+-- (:keep) and nobody registered the address again since it was read (:seen).
+UPDATE users SET email_verified = 1,
+    status = CASE WHEN status = 'pending' THEN 'active' ELSE status END,
+    password_hash = CASE WHEN :keep = 1 AND password_hash = :seen THEN password_hash
+                         ELSE '' END,
+    updated_at = :now
+WHERE id = :id AND email_verified = 0;
+
 -- name: site_user_claim_by_google
 -- Google proved the address belongs to whoever signs in now, not to whoever registered it
 -- first: a pending account loses that registrant's password and name, and its sessions.

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp_session import get_session
 
 from gateway.accounts import signup as site_accounts
 from gateway.accounts.signup import SiteAccountError
@@ -67,23 +68,29 @@ async def auth_register(request: web.Request) -> web.Response:
         raise ApiError("permission_error", "registration is closed on this server")
     form = await form_data(request)
     try:
-        email = await site_accounts.register(
+        registration = await site_accounts.register(
             db_of(request), site_of(request).mailer, form.get("email", ""),
             form.get("password", ""), form.get("name", ""), public_url(request))
     except SiteAccountError as exc:
         raise _invalid(exc) from None
-    return reply({"email": email, "next": "POST /api/auth/verify with email and code"}, 202)
+    # like the form: only this cookie's holder keeps the password when verifying
+    (await get_session(request))["reg_stamp"] = registration.stamp
+    return reply({"email": registration.email,
+                  "next": "POST /api/auth/verify with email and code"}, 202)
 
 
 async def auth_verify(request: web.Request) -> web.Response:
     form = await form_data(request)
+    stamp = (await get_session(request)).get("reg_stamp")
     try:
-        user = await site_accounts.verify(db_of(request), form.get("email", ""),
-                                          form.get("code", ""))
+        verified = await site_accounts.verify(db_of(request), form.get("email", ""),
+                                              form.get("code", ""),
+                                              stamp if isinstance(stamp, str) else "")
     except SiteAccountError as exc:
         raise _invalid(exc) from None
-    session = await sign_in(request, user)
-    return reply({"user": _me(site_user(user)), "csrf_token": session["csrf"]})
+    session = await sign_in(request, verified.user)
+    return reply({"user": _me(site_user(verified.user)), "csrf_token": session["csrf"],
+                  "password_kept": verified.password_kept})
 
 
 async def auth_resend(request: web.Request) -> web.Response:

@@ -56,7 +56,8 @@ async def login_submit(request: web.Request) -> web.Response:
             "next": next_url, "email": email, "errors": {exc.field or "form": translated(exc)}},
             status=status, forms=True, headers=headers)
     if result.needs_verification:
-        await _start_verification(request, result.user["email"])
+        await _start_verification(request, result.user["email"],
+                                  site_accounts.registration_stamp(result.user["password_hash"]))
         # a code sent less than a minute ago is not repeated: the one in the inbox works
         await site_accounts.send_code_if_due(db_of(request), site_of(request).mailer,
                                              result.user["email"], public_url(request))
@@ -101,21 +102,27 @@ async def register_submit(request: web.Request) -> web.Response:
     form = await form_data(request)
     plan = await _plan_asked(request, form.get("plan"))
     try:
-        email = await site_accounts.register(
+        registration = await site_accounts.register(
             db_of(request), site_of(request).mailer, form.get("email", ""),
             form.get("password", ""), form.get("name", ""), public_url(request))
     except SiteAccountError as exc:
         return await render(request, "pages/register.html", {
             "errors": {exc.field or "form": translated(exc)}, "email": form.get("email", ""),
             "name": form.get("name", ""), "plan": plan}, status=422, forms=True)
-    await _start_verification(request, email)
+    await _start_verification(request, registration.email, registration.stamp)
     if plan:
         (await get_session(request))["want_plan"] = plan
     redirect("/register/verify")
 
 
-async def _start_verification(request: web.Request, email: str) -> None:
-    (await get_session(request))["verify_email"] = email
+async def _start_verification(request: web.Request, email: str, stamp: str | None = None
+                              ) -> None:
+    """Remember the address being verified and, when this browser just set (or proved)
+    its password, that password's stamp: only then does verifying keep the password."""
+    session = await get_session(request)
+    session["verify_email"] = email
+    if stamp is not None:
+        session["reg_stamp"] = stamp
 
 
 async def _verification_email(request: web.Request, form: dict[str, str] | None = None) -> str:
@@ -133,15 +140,22 @@ async def verify_page(request: web.Request) -> web.Response:
 async def verify_submit(request: web.Request) -> web.Response:
     form = await form_data(request)
     email = await _verification_email(request, form)
+    stamp = (await get_session(request)).get("reg_stamp")
     try:
-        user = await site_accounts.verify(db_of(request), email, form.get("code", ""))
+        verified = await site_accounts.verify(db_of(request), email, form.get("code", ""),
+                                              stamp if isinstance(stamp, str) else "")
     except SiteAccountError as exc:
         return await render(request, "pages/verify.html", {
             "email": email, "errors": {exc.field or "form": translated(exc)}}, status=422,
             forms=True)
     plan = (await get_session(request)).get("want_plan")
-    session = await sign_in(request, user)
+    session = await sign_in(request, verified.user)
     session.pop("verify_email", None)
+    if not verified.password_kept:
+        session["flash"] = _("Your e-mail address is verified. The password for this "
+                             "account was chosen in another browser, so it was removed: "
+                             "choose one below.")
+        redirect("/settings")
     if isinstance(plan, str) and plan:
         session["flash"] = _("Your e-mail address is verified. Pay for the plan you chose "
                              "below, or stay on the free plan.")

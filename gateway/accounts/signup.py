@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
+import hmac
 import re
 import secrets
 import time
@@ -82,12 +84,27 @@ def check_new_password(password: str, email: str = "", field: str = "password") 
         raise SiteAccountError("the password must not be your e-mail address", field)
 
 
+def registration_stamp(password_hash: str) -> str:
+    """What the registering browser keeps (in its session) to prove, when the code is
+    typed, that the pending account's password is still the one it set."""
+    return hashlib.sha256(b"llmapi registration:" + password_hash.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    email: str  # cleaned
+    stamp: str  # registration_stamp of the password written; "" when none was
+
+
 async def register(db: Store, mailer: Mailer, email: str, password: str, name: str,
-                   site_url: str) -> str:
-    """Start a registration and e-mail a code; returns the cleaned e-mail address.
+                   site_url: str) -> Registration:
+    """Start a registration and e-mail a code.
 
     The answer is the same whether or not the address already has an account (no account
     discovery through this form): an existing, verified owner gets a notice instead.
+    Registering a pending address again replaces its password (the newest wins), so the
+    caller keeps `stamp` for `verify`: only the browser whose password is the current one
+    keeps it when the account is verified.
     """
     email = clean_email(email)
     name = clean_name(name)
@@ -98,7 +115,7 @@ async def register(db: Store, mailer: Mailer, email: str, password: str, name: s
         last = await db.fetch_one("mail_latest_to", {"to_addr": email})
         if last is None or last["created_at"] < time.time() - email_codes.RESEND_INTERVAL:
             await mailer.send_template("already_registered", email, site_url=site_url)
-        return email
+        return Registration(email, "")
     password_hash = await asyncio.to_thread(hash_password, password)
     if existing is None:
         try:
@@ -115,7 +132,7 @@ async def register(db: Store, mailer: Mailer, email: str, password: str, name: s
             "now": time.time()})
     if wait == 0:
         await send_code(db, mailer, email, site_url)
-    return email
+    return Registration(email, registration_stamp(password_hash))
 
 
 async def send_code(db: Store, mailer: Mailer, email: str, site_url: str) -> None:
@@ -145,8 +162,20 @@ async def resend_code(db: Store, mailer: Mailer, email: str, site_url: str) -> N
         await send_code(db, mailer, email, site_url)
 
 
-async def verify(db: Store, email: str, code: str) -> Any:
-    """Check the e-mailed code; the account becomes active. Returns the user row."""
+@dataclass(frozen=True, slots=True)
+class Verified:
+    user: Any
+    password_kept: bool  # False: the password was set elsewhere and is gone
+
+
+async def verify(db: Store, email: str, code: str, stamp: str = "") -> Verified:
+    """Check the e-mailed code; the account becomes active.
+
+    The code proves whoever types it reads the mailbox, not that they chose the pending
+    account's password: anyone may register a pending address again with their own
+    (pre-account takeover). So the password stays only when `stamp` (kept by the browser
+    that registered, or that proved the password at the login form) matches it; else it
+    is emptied, in the same conditional update, and the owner sets one in Settings."""
     email = clean_email(email)
     user = await db.fetch_one("user_by_email", {"email": email})
     if user is None or user["email_verified"]:
@@ -155,8 +184,14 @@ async def verify(db: Store, email: str, code: str) -> Any:
         await email_codes.check_code(db, email, REGISTER, code)
     except email_codes.CodeError as exc:
         raise code_error(exc) from None
-    await db.execute("site_user_mark_verified", {"id": user["id"], "now": time.time()})
-    return await db.fetch_one("user_by_id", {"id": user["id"]})
+    row = await db.fetch_one("user_by_id", {"id": user["id"]})
+    seen = row["password_hash"] if row is not None else ""
+    keep = bool(stamp and seen) and hmac.compare_digest(registration_stamp(seen), stamp)
+    await db.execute("site_user_verify_by_code", {"id": user["id"], "seen": seen,
+                                                  "keep": int(keep), "now": time.time()})
+    verified = await db.fetch_one("user_by_id", {"id": user["id"]})
+    kept = keep and verified is not None and verified["password_hash"] == seen
+    return Verified(verified, kept)
 
 
 def code_error(exc: email_codes.CodeError, field: str = "code") -> SiteAccountError:
