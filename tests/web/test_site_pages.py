@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from gateway.app import build_app
 from gateway.testing.usage_seed import SyntheticRequest, insert_synthetic_usage
 from tests.helpers.gateway import Gateway, GatewayFactory, make_config
-from tests.helpers.site import SiteClient, signed_in
+from tests.helpers.site import SiteClient, make_user, signed_in
 from web.blog import BlogError, load_post
 
 PUBLIC = ("/", "/pricing", "/docs", "/blog", "/blog/claude-code-on-qwen",
@@ -153,7 +153,8 @@ async def test_every_page_and_fragment_passes_the_html_validator(
         for path in (*PUBLIC, "/blog?category=guides", "/register/verify", "/nope", "/terms",
                      "/privacy", "/refunds", "/sitemap", "/password/forgot", "/password/reset",
                      "/?lang=zh-CN", "/pricing?lang=zh-CN", "/docs?lang=zh-CN",
-                     "/register?plan=pro"):
+                     "/register?plan=pro", "/blog/claude-code-on-qwen?lang=zh-CN",
+                     "/blog?lang=zh-CN"):
             pages[path] = (await visitor.get(path))[1]
         status, payload = await admin.json("POST", "/api/dashboard/keys", {"name": "v"})
         user = await admin.json("GET", "/api/auth/me")
@@ -161,7 +162,10 @@ async def test_every_page_and_fragment_passes_the_html_validator(
             SyntheticRequest(1200, 300, days_ago=d) for d in (0, 1, 5)])
         for path in ("/dashboard", "/settings", "/orders", "/admin", "/admin/users",
                      "/admin/costs", "/admin/outbox", "/admin/audit", "/admin/orders",
-                     "/billing", "/pricing", "/dashboard?lang=zh-CN", "/admin?lang=zh-CN"):
+                     "/billing", "/pricing", "/dashboard?lang=zh-CN", "/admin?lang=zh-CN",
+                     "/admin/margin", "/admin/margin?days=7&lang=zh-CN",
+                     f"/admin/users/{user[1]['id']}",
+                     "/admin/audit?actor=validator&action=user.plan&from=2026-01-01"):
             status, text, _ = await admin.get(path)
             assert status == 200, path
             pages[path] = text
@@ -177,6 +181,11 @@ async def test_every_page_and_fragment_passes_the_html_validator(
         row = (await admin.post(f"/admin/users/{user[1]['id']}/plan", {"plan": "pro"},
                                 headers=hx))[1]
         pages["user row"] = wrap(f"<table><tbody>{row}</tbody></table>")
+        pages["audit results"] = wrap((await admin.get(
+            "/admin/audit?actor=x", headers={**hx, "HX-Target": "audit-results"}))[1])
+        other = await make_user(gateway, "to-confirm@example.com")
+        pages["confirm suspension"] = (await admin.post(f"/admin/users/{other}/status",
+                                                        {"status": "suspended"}))[1]
     finally:
         await visitor.close()
         await admin.close()
