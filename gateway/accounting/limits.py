@@ -122,6 +122,14 @@ class MemoryCounters:
     async def start_period(self, user_id: int, period_start: float, period_end: float) -> None:
         self.reset_period(user_id, period_start, period_end)
 
+    def pending_tokens(self, user_id: int, period_start: float) -> int:
+        """Tokens counted here for the period and not yet persisted (the Redis rebuild adds
+        them to the database's figure)."""
+        quota = self._users.get(user_id)
+        if quota is None or quota.period_start != period_start:
+            return 0
+        return quota.tokens_delta
+
     def drop_idle(self) -> None:
         """Forget every user with nothing in flight and nothing left to persist, so their
         figures are loaded afresh on next use (the Redis fallback calls this each time Redis

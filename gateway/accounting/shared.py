@@ -23,17 +23,19 @@ is the sum over all instances.
 finds no quota hash and answers `LOAD`; the instance reads the subscription row (written
 in the same transaction as the usage rows, so it equals their sum for the period) and
 today's request count from the database, and `INIT` writes them only if nobody else did
-first. Missed by a rebuild: what other instances settled in their last unflushed
-`FLUSH_INTERVAL` (0.25 s), the rpm window (it restarts empty) and the reservations of
-requests then in flight.
+first, with the moment they were read (`rb`). A settlement is charged to the hash only if
+it happened after `rb` (before, it is in the figures read, or it went to the keys that were
+lost), so nothing is counted twice. Missed by a rebuild: what other instances settled in
+their last unflushed `FLUSH_INTERVAL` (0.25 s) before it, the rpm window (it restarts
+empty) and the reservations of requests then in flight.
 
 **Redis unreachable** (`[redis] on_error`): `fail_closed` refuses with 503 and
 `retry-after`; `fail_open` admits against a `MemoryCounters` of this instance (every limit
 still holds *per instance*, so N instances can admit up to N times a limit while Redis is
 away). The state change is logged once each way; a probe every `PROBE_INTERVAL` s brings
-Redis back without a restart, and the tokens settled meanwhile are replayed into it (only
-if it kept its keys: an `epoch` value tells a Redis that lost them, whose counts are then
-rebuilt from the database instead, so nothing is counted twice).
+Redis back without a restart, and the settlements made meanwhile are replayed into it with
+the time they happened (the `rb` rule above: a Redis that lost its keys and was rebuilt
+since only takes those that came after its rebuild).
 
 Times are this host's clock (keep instances on NTP); Redis Cluster is not supported (the
 day key is named inside the script).
@@ -76,6 +78,7 @@ LEASE = 60.0           # seconds a grant holds its slot without being refreshed
 LEASE_REFRESH = 20.0   # how often an instance extends the leases of its requests
 PROBE_INTERVAL = 0.25  # seconds between PINGs while Redis is unreachable
 MAX_CONNECTIONS = 32  # per instance
+REPLAY_BATCH = 500     # settlements per pipelined round trip when Redis returns
 MAX_OWED = 100_000     # settlements kept for replay while Redis is away (oldest dropped)
 UNAVAILABLE_RETRY_AFTER = 2
 _UNREACHABLE = (RedisError, OSError, TimeoutError)
@@ -141,14 +144,14 @@ end
 return {0, res, mt, count + 1, reset, qv[1], qv[2], used, reserved + res}
 """
 
-# KEYS: q ufl ures kfl epoch; ARGV: token tokens period_start epoch. Frees the grant's
-# slots and reservation, then charges the tokens to the period the grant was taken in (and
-# only to it: a payment may have started a fresh one). A replayed settlement names the
-# epoch it was counted in; a Redis that lost its keys since has another one, and then the
-# database, not the replay, is what its counts are rebuilt from.
+# KEYS: q ufl ures kfl; ARGV: token tokens period_start settled_ms. Frees the grant's slots
+# and reservation, then charges the tokens to the period the grant was taken in (and only
+# to it: a payment may have started a fresh one), and only if they were settled after the
+# hash was (re)built (`rb`, the moment its figures were read from the database): what was
+# settled before is in those figures already, or was lost with the keys it went to.
 SETTLE = """
 local q, ufl, ures, kfl = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local token, tokens, ps, epoch = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local token, tokens, ps, at = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 if token ~= '' then
   redis.call('ZREM', ufl, token)
   redis.call('ZREM', kfl, token)
@@ -161,15 +164,17 @@ if token ~= '' then
     end
   end
 end
-if tokens > 0 and redis.call('HGET', q, 'ps') == ps then
-  if epoch == '' or redis.call('GET', KEYS[5]) == epoch then
+if tokens > 0 then
+  local cur = redis.call('HMGET', q, 'ps', 'rb')
+  if cur[1] == ps and at >= (tonumber(cur[2]) or 0) then
     redis.call('HINCRBY', q, 'used', tokens)
   end
 end
 return 0
 """
 
-# KEYS: q ures day; ARGV: mode period_start period_end used today now_ms. Mode "load"
+# KEYS: q ures day; ARGV: mode period_start period_end used today now_ms read_ms (when
+# the figures were read: settlements before it are in them). Mode "load"
 # writes the figures only if the hash is missing or its period has ended (another instance
 # may have loaded it a moment earlier: its figures stand); mode "start" (a payment began a
 # period) only if that period is newer than the stored one, so every instance hearing of
@@ -192,7 +197,7 @@ if missing then
   for _, v in ipairs(held) do reserved = reserved + tonumber(v) end
   redis.call('SET', dayk, today, 'NX', 'EX', 172800)
 end
-redis.call('HSET', q, 'ps', ps, 'pe', pe, 'used', used, 'reserved', reserved)
+redis.call('HSET', q, 'ps', ps, 'pe', pe, 'used', used, 'reserved', reserved, 'rb', ARGV[7])
 redis.call('EXPIREAT', q, math.floor(tonumber(pe)) + 7 * 86400)
 return 1
 """
@@ -207,7 +212,7 @@ class _Owed:
     key_id: int
     tokens: int
     period_start: float
-    epoch: str
+    settled_at: float
 
 
 class RedisCounters:
@@ -233,7 +238,6 @@ class RedisCounters:
         self._init = self.redis.register_script(INIT)
         self.local = MemoryCounters(db, plans)  # the fail_open fallback
         self.up = True
-        self.epoch = ""
         self.instance = secrets.token_hex(6)
         self._seq = 0
         self._live: dict[str, Grant] = {}
@@ -330,16 +334,16 @@ class RedisCounters:
             return
         if not grant.token:  # admitted by the fallback while Redis was away
             await self.local.settle(grant, tokens)
-            if tokens > 0:  # Redis (if it kept its keys) must hear of these tokens too
+            if tokens > 0:  # Redis must hear of these tokens too
                 await self._settle_shared(_Owed("", grant.user_id, grant.key_id, tokens,
-                                                grant.period_start, self.epoch))
+                                                grant.period_start, time.time()))
             return
         grant.done = True
         self._live.pop(grant.token, None)
         if tokens > 0:
             self._count(grant.user_id, grant.period_start, None, tokens, 0)
         await self._settle_shared(_Owed(grant.token, grant.user_id, grant.key_id, tokens,
-                                        grant.period_start, ""))
+                                        grant.period_start, time.time()))
 
     async def _settle_shared(self, owed: _Owed) -> None:
         if self.up:
@@ -348,19 +352,22 @@ class RedisCounters:
                 return
             except _UNREACHABLE as exc:
                 self._went_down(exc)
-        if not owed.epoch:
-            owed.epoch = self.epoch
         if len(self._owed) >= MAX_OWED:
             self._owed.popleft()
             self._owed_dropped += 1
         self._owed.append(owed)
 
     async def _run_settle(self, owed: _Owed) -> None:
-        await self._call(
-            self._settle, keys=[self._user(owed.user_id, "q"), self._user(owed.user_id, "fl"),
-                  self._user(owed.user_id, "res"), self._key(owed.key_id, "fl"),
-                  self.prefix + "epoch"],
-            args=[owed.token, owed.tokens, repr(owed.period_start), owed.epoch])
+        await self._call(self._settle, keys=self._settle_keys(owed),
+                         args=self._settle_args(owed))
+
+    def _settle_keys(self, owed: _Owed) -> list[str]:
+        return [self._user(owed.user_id, "q"), self._user(owed.user_id, "fl"),
+                self._user(owed.user_id, "res"), self._key(owed.key_id, "fl")]
+
+    @staticmethod
+    def _settle_args(owed: _Owed) -> list[Any]:
+        return [owed.token, owed.tokens, repr(owed.period_start), int(owed.settled_at * 1000)]
 
     async def start_period(self, user_id: int, period_start: float, period_end: float) -> None:
         """A payment began a period: reset the shared figures once (every instance hears of
@@ -374,7 +381,7 @@ class RedisCounters:
                                                self._user(user_id, "res"),
                                                self._day_key(user_id, now)],
                              args=["start", repr(period_start), repr(period_end), 0, 0,
-                                   int(now * 1000)])
+                                   int(now * 1000), 0])
         except _UNREACHABLE as exc:
             self._went_down(exc)
 
@@ -436,14 +443,18 @@ class RedisCounters:
                 ps, pe, used, rolled = pe, add_month(pe), 0, True
             if rolled:
                 self._count(user_id, ps, pe, 0, 0)  # the next flush moves the row on
-        # this instance's own unflushed usage of the period is not in the row yet
+        # this instance's own unflushed usage of the period is not in the row yet (usage
+        # other instances settled in their last flush interval is missed: docs/scale-out.md)
         pending = self._deltas.get((user_id, ps))
         if pending is not None:
             used += int(pending[1])
+        used += self.local.pending_tokens(user_id, ps)  # settled by the fallback meanwhile
+        read_ms = int(time.time() * 1000)  # every settlement before this is in `used`
         wrote = await self._call(
             self._init, keys=[self._user(user_id, "q"), self._user(user_id, "res"),
                   self._day_key(user_id, now)],
-            args=["load", repr(ps), repr(pe), used, requests_today, int(now * 1000)])
+            args=["load", repr(ps), repr(pe), used, requests_today, int(now * 1000),
+                  read_ms])
         if int(wrote):
             self.rebuilds += 1
             log.info("counters of user %d loaded from the database: %d tokens used in the "
@@ -462,13 +473,22 @@ class RedisCounters:
                   type(exc).__name__, exc, self.policy, what)
 
     async def _came_back(self) -> None:
-        self.epoch = await self._get_epoch()
+        """Back to Redis at once; the settlements it missed follow in pipelined batches
+        (one round trip per `REPLAY_BATCH`), so a long outage's queue cannot keep the
+        instance on its fallback while it is replayed."""
+        self.up = True
         replayed = 0
         while self._owed:  # a failure here leaves the rest queued for the next probe
-            await self._run_settle(self._owed[0])
-            self._owed.popleft()
-            replayed += 1
-        self.up = True
+            batch = [self._owed[i] for i in range(min(REPLAY_BATCH, len(self._owed)))]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entry in batch:
+                    await self._settle(keys=self._settle_keys(entry),
+                                       args=self._settle_args(entry), client=pipe)
+                async with asyncio.timeout(self.timeout * 4):
+                    await pipe.execute()
+            for _ in batch:
+                self._owed.popleft()
+            replayed += len(batch)
         self._back.set()
         dropped = f"; {self._owed_dropped} settlements were dropped" if self._owed_dropped \
             else ""
@@ -476,20 +496,14 @@ class RedisCounters:
         log.warning("Redis reachable again: counting in Redis again (%d settlements "
                     "replayed%s)", replayed, dropped)
 
-    async def _get_epoch(self) -> str:
-        key = self.prefix + "epoch"
-        await self.redis.set(key, secrets.token_hex(8), nx=True)
-        value = await self.redis.get(key)
-        return str(value or "")
-
     async def wait_until_up(self, timeout: float) -> bool:
-        """For tests and readiness: True once Redis is reachable again."""
-        if self.up:
+        """For tests: True once Redis is reachable again and has heard what it missed."""
+        if self.up and not self._owed:
             return True
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._back.wait()
-        return self.up
+        return self.up and not self._owed
 
     async def refresh_leases(self) -> None:
         """Extend the lease of every request this instance holds (one pipeline)."""
@@ -506,7 +520,7 @@ class RedisCounters:
         """Connect (a Redis down at start-up is the same outage as later, never a crash)."""
         try:
             async with asyncio.timeout(self.timeout * 2):
-                self.epoch = await self._get_epoch()
+                await self.redis.ping()
         except _UNREACHABLE as exc:
             self._went_down(exc)
 

@@ -448,3 +448,35 @@ async def test_two_gateways_on_postgresql_and_redis_share_the_rpm_window(
         await gw.recorder.flush()
     row = await gws[1].db.fetch_one("subscription_by_user", {"user_id": 1})
     assert row["requests_used"] == 3
+
+
+async def test_restart_counts_outage_usage_once_whichever_instance_rebuilds(
+        store: Store, redis_server: RedisServer) -> None:
+    """Redis restarted empty: usage settled on the fallback and flushed before the rebuild
+    comes from the database; usage settled after it (an instance still on its fallback)
+    is charged on top; neither twice."""
+    uid = await create_user(store, "twice@example.com", plan="tiny")
+    cluster = await Cluster(store, redis_server.url, 2).start()
+    a, b = cluster.nodes
+    try:
+        redis_server.stop()
+        ga = await a.admit(ask(uid, "tiny", estimate=10, max_tokens=40))
+        gb = await b.admit(ask(uid, "tiny", estimate=10, max_tokens=90))
+        assert not ga.token and not gb.token  # both on their fallbacks
+        await a.settle(ga, 50)
+        await cluster.flush()  # A's 50 reach the database during the outage
+        redis_server.start()
+        assert await a.wait_until_up(10)
+        g = await a.admit(ask(uid, "tiny", estimate=10, max_tokens=40))  # the rebuild
+        assert g.token and a.rebuilds == 1
+        key = f"llmapi:u:{uid}:q"
+        assert int(await a.redis.hget(key, "used")) == 50  # A's replay was not added
+        await b.settle(gb, 100)  # after the rebuild: charged
+        await a.settle(g, 20)
+        assert await b.wait_until_up(10)
+        assert int(await a.redis.hget(key, "used")) == 170
+        await cluster.flush()
+        row = await store.fetch_one("subscription_by_user", {"user_id": uid})
+        assert row["tokens_used"] == 170
+    finally:
+        await cluster.close()
