@@ -14,10 +14,11 @@ An append-only file of JSON lines next to the database (`<db>.journal`):
 killed with SIGKILL loses none of them, whatever the load: a timer tick can be starved for
 seconds on a busy machine, an iteration's end cannot. A background task appends the `p`
 lines every `WRITE_INTERVAL` and fsyncs every `FSYNC_INTERVAL` (what a power loss can
-take). On start, `replay()` reads the file: every `d` without `c` is inserted (request ids
-are unique, so a row already written is skipped) and every `s` without `d` becomes a row
-with status `interrupted`, the input estimate and the output tokens last seen. The file is
-rewritten (compacted) to just the live entries once it passes `COMPACT_BYTES`.
+take) in a thread, so a slow disk never stalls the event loop. On start, `replay()` reads
+the file: every `d` without `c` is inserted (request ids are unique, so a row already
+written is skipped) and every `s` without `d` becomes a row with status `interrupted`, the
+input estimate and the output tokens last seen. The file is rewritten (compacted) to just
+the live entries once it passes `COMPACT_BYTES`, also without blocking the loop.
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Journal:
         self._synced_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._flush_pending = False
+        self._job: asyncio.Future[None] | None = None   # a thread's fsync or temp file
+        self._tail: list[bytes] | None = None           # lines written while compacting
 
     # ---- the hot path: memory only ----
 
@@ -90,16 +93,8 @@ class Journal:
 
     def _flush(self) -> None:
         self._flush_pending = False
-        if self._fd < 0 or not self._buffer:
-            return
-        data = b"".join(self._buffer)
-        self._buffer.clear()
-        try:
-            os.write(self._fd, data)
-        except OSError:
-            self._buffer.insert(0, data)  # kept; the tick retries and logs
-            return
-        self._size += len(data)
+        with contextlib.suppress(OSError):  # the buffer is kept; the tick retries and logs
+            self._write_buffer()
 
     def committed(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
@@ -140,26 +135,38 @@ class Journal:
         self._rewrite(list(starts.values()))
         return list(done.values()), list(starts.values())
 
-    def _rewrite(self, starts: list[dict[str, Any]]) -> None:
-        """Replace the file by the live entries (write a temp file, fsync, rename)."""
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+    def _live_lines(self, starts: list[dict[str, Any]]) -> bytes:
         lines = [orjson.dumps(s) + b"\n" for s in starts]
         lines += [orjson.dumps({"o": "d", "row": r}) + b"\n" for r in self._done.values()]
-        data = b"".join(lines)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        return b"".join(lines)
+
+    def _tmp_path(self) -> Path:
+        return self.path.with_suffix(self.path.suffix + ".tmp")
+
+    def _write_tmp(self, data: bytes) -> None:
+        """Write `data` to the temp file and fsync it (blocking: a thread's job in `run`)."""
+        fd = os.open(self._tmp_path(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, self.path)
+
+    def _swap(self, size: int) -> None:
+        """Put the temp file in place of the journal and append to it from now on."""
+        os.replace(self._tmp_path(), self.path)
         if self._fd >= 0:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._size = len(data)
+        self._size = size
 
-    def write_now(self) -> None:
-        """Append the buffer (plus fresh progress lines); fsync when it is time."""
+    def _rewrite(self, starts: list[dict[str, Any]]) -> None:
+        """Replace the file by the live entries, blocking (on start and on a clean stop)."""
+        data = self._live_lines(starts)
+        self._write_tmp(data)
+        self._swap(len(data))
+
+    def _append_progress(self) -> None:
         for request_id, progress in self._progress.items():
             try:
                 value = progress()
@@ -173,27 +180,71 @@ class Journal:
                     "output_tokens": output}}) + b"\n")
                 self._starts[request_id].update(provider=provider, upstream_model=model,
                                                 attempts=attempts, output_tokens=output)
-        if self._fd < 0:
+
+    def _write_buffer(self) -> None:
+        if self._fd < 0 or not self._buffer:
             return
-        if self._buffer:
-            data = b"".join(self._buffer)
-            os.write(self._fd, data)  # on OSError the buffer is kept for the next tick
-            self._buffer.clear()
-            self._size += len(data)
-        now = time.monotonic()
-        if now - self._synced_at >= FSYNC_INTERVAL:
-            self._synced_at = now
+        data = b"".join(self._buffer)
+        os.write(self._fd, data)  # on OSError the buffer is kept for the next try
+        self._buffer.clear()
+        self._size += len(data)
+        if self._tail is not None:
+            self._tail.append(data)
+
+    def write_now(self) -> None:
+        """Append the buffer and fresh progress lines, fsync and compact, all blocking: for
+        the start-up replay and the clean stop, where no request waits on the loop."""
+        self._append_progress()
+        self._write_buffer()
+        if self._fd >= 0:
             os.fsync(self._fd)
-        if self._size > COMPACT_BYTES:
-            self._rewrite(list(self._starts.values()))
+            if self._size > COMPACT_BYTES:
+                self._rewrite(list(self._starts.values()))
 
     async def run(self) -> None:
+        """The background tick. fsync and the compaction's temp file go to a thread: a slow
+        disk (fsync of a loaded disk can take 100 ms and more) must not stall every request
+        on the event loop."""
         while True:
             await asyncio.sleep(WRITE_INTERVAL)
             try:
-                self.write_now()
+                self._append_progress()
+                self._write_buffer()
+                if self._fd < 0:
+                    continue
+                now = time.monotonic()
+                if now - self._synced_at >= FSYNC_INTERVAL:
+                    self._synced_at = now
+                    await self._in_thread(os.fsync, self._fd)
+                if self._size > COMPACT_BYTES:
+                    await self._compact()
             except OSError:
                 log.exception("journal write failed; entries kept in memory")
+
+    async def _compact(self) -> None:
+        """Rewrite the file to the live entries without blocking the loop: the snapshot is
+        written and fsynced by a thread while new lines still go to the old file (and are
+        kept in `_tail`); then, on the loop, the new file takes its place and gets the tail."""
+        self._tail = []
+        try:
+            data = self._live_lines(list(self._starts.values()))
+            await self._in_thread(self._write_tmp, data)
+            self._swap(len(data))
+            tail = b"".join(self._tail)
+            if tail:
+                os.write(self._fd, tail)
+                self._size += len(tail)
+        finally:
+            self._tail = None
+
+    async def _in_thread(self, func: Callable[..., None], *args: Any) -> None:
+        """Run blocking file work in a thread; `stop` waits for it before closing the fd."""
+        self._job = asyncio.ensure_future(asyncio.to_thread(func, *args))
+        try:
+            await asyncio.shield(self._job)
+        finally:
+            if self._job.done():
+                self._job = None
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -206,6 +257,11 @@ class Journal:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._job is not None:  # a thread still fsyncing or writing the temp file
+            with contextlib.suppress(Exception):
+                await self._job
+            self._job = None
+        self._tail = None
         if self._fd >= 0:
             with contextlib.suppress(OSError):
                 self.write_now()
