@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.helpers.cluster import Cluster
 
@@ -21,6 +22,7 @@ def stream_body(text: str, max_tokens: int = 200) -> dict[str, Any]:
             "messages": [{"role": "user", "content": text}]}
 
 
+@pytest.mark.slow
 async def test_three_instances_share_requests_and_stream_unbuffered(
         cluster_factory: Any) -> None:
     cluster: Cluster = await cluster_factory(instances=3)
@@ -60,6 +62,7 @@ async def test_three_instances_share_requests_and_stream_unbuffered(
     assert n == 31
 
 
+@pytest.mark.slow
 async def test_kill_and_restart_one_instance(cluster_factory: Any) -> None:
     cluster: Cluster = await cluster_factory(instances=2)
     key = await cluster.new_key("k@example.com")

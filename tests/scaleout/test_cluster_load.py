@@ -211,8 +211,9 @@ async def test_kill_9_of_one_instance_under_load(cluster_factory: Any) -> None:
     print(f"kill -9: {len(missing)} of {len(finished)} finished requests have no row until "
           f"the killed instance restarts; the oldest finished {oldest * 1000:.0f} ms before "
           f"the kill (write-behind window {FLUSH_INTERVAL * 1000:.0f} ms)")
-    # a margin for the event loop's lag under this load (the flush timer fires late)
-    assert oldest <= FLUSH_INTERVAL + 0.25, oldest
+    # The window is the flush interval plus however late the flush timer fires on this
+    # shared, loaded machine; half a second of lag on top is the most this test accepts.
+    assert oldest <= FLUSH_INTERVAL + 0.5, oldest
 
     # The restart replays its journal: every upstream call has a row.
     await cluster.restart(victim)

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.accounts.users import create_user
@@ -120,6 +121,7 @@ async def job_rounds(url: str) -> dict[str, tuple[int, bool]]:
     return found
 
 
+@pytest.mark.slow
 async def test_three_instances_run_each_job_once_and_hand_over_on_kill_9(
         cluster_factory: Any) -> None:
     cluster: Cluster = await cluster_factory(instances=3, config={
