@@ -15,7 +15,10 @@ Errors on these routes are OpenAI-shaped (middleware, gateway/protocol/openai_er
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -57,6 +60,7 @@ from gateway.providers.http import malformed_answer, read_body
 from gateway.providers.openai import OpenAIProvider
 
 DROPPED_TOOLS_HEADER = "x-llmapi-dropped-tools"
+log = logging.getLogger("llmapi.openai")
 # The Chat fields that limit the answer's length (max_tokens is the older name).
 OUTPUT_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
 
@@ -71,6 +75,27 @@ class ParamError(ApiError):
     def __init__(self, message: str, param: str | None) -> None:
         super().__init__("invalid_request_error", message)
         self.param = param
+
+
+@contextlib.contextmanager
+def malformed_fields(ingress: str) -> Iterator[None]:
+    """The converters check every shape they rely on; a body that still trips one over a
+    field of an unexpected type is malformed input, so it is a 400, not a 500. The slip is
+    logged (where, not what: no request content) so it can become a precise check."""
+    try:
+        yield
+    except ConversionError:
+        raise  # a precise check spoke: its message and param go to the client
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        where = f"{tb.tb_frame.f_code.co_filename.rsplit('/', 1)[-1]}:{tb.tb_lineno}" \
+            if tb is not None else "?"
+        log.warning("%s request with a field of an unexpected shape (%s at %s)", ingress,
+                    type(exc).__name__, where)
+        raise ParamError("a field of the request has an unexpected type or shape "
+                         f"({type(exc).__name__})", None) from None
 
 
 def _parse(raw: bytes) -> Any:
@@ -112,9 +137,11 @@ class Plan:
         if self.anthropic is not None:
             return self.anthropic
         text = orjson.dumps(self.chat.get("messages")).decode()
+        tools = self.chat.get("tools")
         return {"model": self.client_model, "max_tokens": 1,
                 "messages": [{"role": "user", "content": text}],
-                "tools": [{"name": "t", "input_schema": t} for t in self.chat.get("tools", [])]}
+                "tools": [{"name": "t", "input_schema": t}
+                          for t in (tools if isinstance(tools, list) else [])]}
 
     def sink(self) -> Sink:
         if self.responses is not None:
@@ -198,8 +225,9 @@ def _asked_max_tokens(plan: Plan) -> int:
 
 async def _relay(request: web.Request, key: KeyInfo, plan: Plan, ingress: str,
                  started: float, extra_headers: dict[str, str]) -> web.StreamResponse:
-    body = plan.estimate_body()
-    estimate = estimate_input_tokens(body)
+    with malformed_fields(ingress):
+        body = plan.estimate_body()
+        estimate = estimate_input_tokens(body)
     admission = await request.app[ACCOUNTANT].admit(
         key, request_id=request[REQUEST_ID], client_model=plan.client_model,
         stream=plan.stream, input_estimate=estimate,
@@ -215,6 +243,15 @@ async def _relay(request: web.Request, key: KeyInfo, plan: Plan, ingress: str,
                        started, ingress, plan.send)
 
 
+def header_list(names: list[str]) -> str:
+    """Tool types the client sent, as a header value: they are the client's strings, so
+    anything but printable ASCII (a line break would be header injection) becomes `?`,
+    and the list is capped."""
+    clean = {"".join(c if " " <= c <= "~" and c != "," else "?" for c in name[:64])
+             for name in names}
+    return ",".join(sorted(clean)[:32])
+
+
 async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     key = await authenticated(request)
@@ -223,19 +260,22 @@ async def handle_chat_completions(request: web.Request) -> web.StreamResponse:
     if problem is not None:
         raise ParamError(*problem)
     options = body.get("stream_options") or {}
-    plan = Plan(body, body["model"], body.get("stream") is True,
-                options.get("include_usage") is True, None)
+    with malformed_fields("chat"):
+        plan = Plan(body, body["model"], body.get("stream") is True,
+                    options.get("include_usage") is True, None)
     return await _relay(request, key, plan, "chat", started, {})
 
 
 async def handle_responses(request: web.Request) -> web.StreamResponse:
     started = time.perf_counter()
     key = await authenticated(request)
+    body = _parse(await request.read())
     try:
-        chat, ctx = responses_to_chat(_parse(await request.read()))
+        with malformed_fields("responses"):
+            chat, ctx = responses_to_chat(body)
+            plan = Plan(chat, ctx.model, ctx.stream, True, ctx)
     except ConversionError as exc:
         raise ParamError(exc.message, exc.param) from None
-    plan = Plan(chat, ctx.model, ctx.stream, True, ctx)
-    extra = {DROPPED_TOOLS_HEADER: ",".join(sorted(set(ctx.dropped_tools)))} \
-        if ctx.dropped_tools else {}
+    extra = {DROPPED_TOOLS_HEADER: header_list(ctx.dropped_tools)} if ctx.dropped_tools \
+        else {}
     return await _relay(request, key, plan, "responses", started, extra)

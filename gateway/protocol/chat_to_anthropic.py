@@ -107,6 +107,10 @@ def validate_chat_request(body: Any) -> tuple[str, str | None] | None:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         return "stream_options must be an object", "stream_options"
+    effort = body.get("reasoning_effort")
+    if effort is not None and not isinstance(effort, str):  # OpenAI's is a string enum
+        return "reasoning_effort must be a string (none, minimal, low, medium, high, " \
+            "xhigh)", "reasoning_effort"
     return None
 
 
@@ -339,6 +343,9 @@ def _add_tools(out: dict[str, Any], body: dict[str, Any]) -> None:
 
 
 def _add_thinking(out: dict[str, Any], effort: Any) -> None:
+    if effort is not None and not isinstance(effort, str):
+        raise ConversionError("reasoning_effort must be a string: none, minimal, low, "
+                              "medium, high or xhigh", "reasoning_effort")
     if effort is None or effort in NO_THINKING:
         return
     if effort not in THINKING_BUDGETS:

@@ -291,9 +291,9 @@ def _add_items(messages: list[dict[str, Any]], items: list[Any]) -> None:
                 raise ConversionError(f"{where}.output must be a string or an array", where)
             messages.append({"role": "tool", "tool_call_id": call_id, "content": content})
         elif kind == "reasoning":
-            texts = [p.get("text", "") for p in (item.get("content") or [])
+            texts = [p.get("text", "") for p in _list(item.get("content"))
                      if isinstance(p, dict)] or \
-                    [p.get("text", "") for p in (item.get("summary") or [])
+                    [p.get("text", "") for p in _list(item.get("summary"))
                      if isinstance(p, dict)]
             message = _open_assistant(messages)
             if message.get("content") or message.get("tool_calls"):
@@ -420,3 +420,8 @@ def _add_tools(chat: dict[str, Any], ctx: ResponsesContext, body: dict[str, Any]
         ctx.parallel_tool_calls = parallel
         if converted:
             chat["parallel_tool_calls"] = parallel
+
+
+def _list(value: Any) -> list[Any]:
+    """`value` if it is a list, else an empty one (a reasoning item's parts are optional)."""
+    return value if isinstance(value, list) else []

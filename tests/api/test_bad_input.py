@@ -232,3 +232,24 @@ async def test_openai_routes_refuse_non_object_bodies(gw: Gateway, path: str) ->
         status, _, payload = await post(gw, path, body, key)
         assert status == 400, (body, payload)
         error_of(path, status, payload)
+
+
+@pytest.mark.parametrize(("path", "extra", "want"), [
+    # found by tests/api/test_fuzz.py (seed 20261202): each was a 500 with a traceback
+    ("/v1/chat/completions", {"reasoning_effort": {"effort": "high"}}, 400),
+    ("/v1/chat/completions", {"reasoning_effort": ["low"]}, 400),
+    ("/v1/chat/completions", {"tools": None, "tool_choice": "none"}, 200),
+    ("/v1/responses", {"input": [{"type": "reasoning", "summary": 1.5},
+                                 {"type": "message", "role": "user", "content": "hi"}]}, 200),
+    ("/v1/responses", {"tools": [{"type": "evil\r\nSet-Cookie: x=1"}], "stream": True}, 200),
+])
+async def test_fuzz_findings_stay_fixed(gw: Gateway, path: str, extra: dict[str, Any],
+                                        want: int, caplog: pytest.LogCaptureFixture) -> None:
+    key = await gw.new_key()
+    status, headers, payload = await post(gw, path, orjson.dumps(minimal_body(path, **extra)),
+                                          key)
+    assert status == want, payload[:300]
+    assert "set-cookie" not in headers
+    dropped = headers.get("x-llmapi-dropped-tools")
+    assert dropped is None or ("\r" not in dropped and "\n" not in dropped)
+    no_tracebacks(caplog)
