@@ -156,6 +156,8 @@ def setup_site(app: web.Application, config: Config) -> None:
         response = aiohttp_jinja2.render_template("pages/error.html", request, context,
                                                   status=status)
         add_security_headers(response, csp)
+        if await is_private(request):  # it shows who is signed in
+            response.headers["Cache-Control"] = "no-store"
         asked = i18n.normalise(request.query.get("lang"))
         if asked:
             keep_language(response, asked)

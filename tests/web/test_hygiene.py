@@ -287,6 +287,21 @@ async def test_everything_a_signed_in_user_sees_is_no_store(gateway: Gateway) ->
         await client.close()
 
 
+async def test_error_pages_for_a_signed_in_user_are_no_store(gateway: Gateway) -> None:
+    """The error page is rendered for this visitor (its header shows the signed-in
+    menu): a 404, a 403 on an admin page, a 405."""
+    client = await signed_in(gateway, "errors@example.com")
+    try:
+        for method, path, expected in (("GET", "/no-such-page", 404),
+                                       ("GET", "/admin", 403), ("GET", "/logout", 405)):
+            async with client.http.request(method, gateway.url + path,
+                                           allow_redirects=False) as r:
+                assert r.status == expected, path
+                assert r.headers.get("Cache-Control") == "no-store", path
+    finally:
+        await client.close()
+
+
 async def test_auth_answers_are_no_store(gateway: Gateway) -> None:
     await signed_in(gateway, "auth@example.com")  # the account
     client = SiteClient(gateway)
