@@ -30,10 +30,14 @@ async def entries(gw: Gateway) -> list[dict[str, Any]]:
 
 
 async def start(gateway_factory: GatewayFactory, tmp_path: Path) -> tuple[Gateway, Path]:
-    db = tmp_path / "audit.db"
+    """A gateway and a config file for the CLI on the same database (SQLite or, with
+    LLMAPI_TEST_STORE=postgres, PostgreSQL)."""
+    gw = await gateway_factory()
+    database = gw.config.database
     config = tmp_path / "llmapi.toml"
-    config.write_text(f'[database]\npath = "{db}"\n', encoding="utf-8")
-    gw = await gateway_factory({"database": {"path": str(db)}})
+    line = (f'url = "{database.url}"' if database.url
+            else f'path = "{gw.config.database_path}"')
+    config.write_text(f"[database]\n{line}\n", encoding="utf-8")
     return gw, config
 
 
