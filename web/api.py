@@ -22,7 +22,7 @@ from gateway.accounts.users import AccountError
 from gateway.config import CONFIG
 from gateway.errors import ApiError
 from gateway.events import USER_EVENTS, UserChanged
-from gateway.reports import admin, dashboard
+from gateway.reports import admin, dashboard, margin
 from gateway.reports.health import health_snapshot
 from web.csrf import csrf_token
 from web.guards import api_admin, api_user
@@ -223,6 +223,15 @@ async def admin_costs(request: web.Request) -> web.Response:
     report = await admin.cost_report(db_of(request), providers,
                                      int_param(request.query.get("days"), 30, 1, 90))
     return reply(dataclasses.asdict(report))
+
+
+async def admin_margin(request: web.Request) -> web.Response:
+    """The margin page as JSON: ?days=N (1-366, default 30); amounts are decimal strings."""
+    await api_admin(request)
+    report = await margin.margin_report(db_of(request),
+                                        dict(request.app[CONFIG].site.exchange_rates),
+                                        int_param(request.query.get("days"), 30, 1, 366))
+    return reply(margin.report_json(report))
 
 
 async def admin_health(request: web.Request) -> web.Response:

@@ -99,6 +99,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/api/admin/users", api.admin_users)
     r.add_patch("/api/admin/users/{user_id}", api.admin_update_user)
     r.add_get("/api/admin/costs", api.admin_costs)
+    r.add_get("/api/admin/margin", api.admin_margin)
     r.add_get("/api/admin/health", api.admin_health)
     r.add_get("/api/admin/outbox", api.admin_outbox)
     r.add_get("/api/admin/audit", api.admin_audit)

@@ -155,6 +155,25 @@ async def margin_report(db: Store, exchange_rates: dict[str, float], days: int =
         missing_rates=dict(sorted(missing.items())), plan_guessed=guessed)
 
 
+def line_json(line: MarginLine) -> dict[str, Any]:
+    """One line for the JSON API: amounts as decimal strings (never floats), margin too."""
+    percent = line.margin_percent
+    return {"label": line.label, "orders": line.orders, "revenue": str(line.revenue),
+            "refunds": str(line.refunds), "net_revenue": str(line.net),
+            "cost": str(line.cost), "margin": str(line.margin),
+            "margin_percent": None if percent is None else str(percent),
+            "requests": line.requests, "cost_without_rate": dict(line.unconverted)}
+
+
+def report_json(report: MarginReport) -> dict[str, Any]:
+    return {"first_day": report.first.isoformat(), "last_day": report.last.isoformat(),
+            "currency": SITE_CURRENCY,
+            "exchange_rates": {code: str(rate) for code, rate in report.rates.items()},
+            "missing_rates": report.missing_rates, "plan_guessed": report.plan_guessed,
+            "total": line_json(report.total), "plans": [line_json(p) for p in report.plans],
+            "days": [line_json(d) for d in report.days]}
+
+
 def yuan_text(value: Decimal) -> str:
     """Yuan for people: thousands separated, two decimals rounded half up (Python's own
     Decimal formatting rounds half to even: 137.325 would show as 137.32)."""

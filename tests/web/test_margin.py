@@ -155,10 +155,21 @@ async def test_the_page_and_the_csv_show_the_same_sums_in_both_languages(
         assert rows[0][0] == "day" and len(rows) == 1 + 7 + 1  # header, 7 days, total
         assert [r[0] for r in rows[1:-1]] == sorted(r[0] for r in rows[1:-1])  # oldest first
         assert rows[-1][2] == "166.00"
+        # the JSON twin: the same figures as decimal strings
+        status, data = await admin.json("GET", "/api/admin/margin?days=30")
+        assert status == 200 and data["currency"] == "CNY"
+        assert data["exchange_rates"] == {"USD": "7.1"} and data["missing_rates"] == {
+            "EUR": 0.1}
+        assert {k: data["total"][k] for k in ("orders", "revenue", "refunds", "cost",
+                                              "margin")} == {
+            "orders": 4, "revenue": "166.00", "refunds": "10.00", "cost": "18.6750",
+            "margin": "137.3250"}
+        assert [p["label"] for p in data["plans"]] == ["team", "pro", "starter"]
+        assert len(data["days"]) == 30
         # customers never see it
         customer = await signed_in(gw, "someone@example.com")
         try:
-            for path in ("/admin/margin", "/admin/export/margin.csv"):
+            for path in ("/admin/margin", "/admin/export/margin.csv", "/api/admin/margin"):
                 status, _, _ = await customer.get(path)
                 assert status == 403, path
         finally:
