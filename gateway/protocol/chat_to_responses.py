@@ -20,12 +20,12 @@ change between added and done):
                  output_text.done, content_part.done, output_item.done
       function:  output_item.added, function_call_arguments.delta*,
                  function_call_arguments.done, output_item.done
-      custom:    output_item.added, custom_tool_call_input.delta,
+      custom:    output_item.added, custom_tool_call_input.delta*,
                  custom_tool_call_input.done, output_item.done
-                 (a call of a `custom` tool, `ResponsesContext.custom_tools`: the Chat
-                 arguments `{"input": ...}` are buffered and the raw input is sent as one
-                 delta when the call closes, since a JSON string cannot be decoded piece by
-                 piece without a streaming JSON parser)
+                 (a call of a `custom` tool, `ResponsesContext.custom_tools`: the `input`
+                 string of the Chat arguments `{"input": ...}` is decoded as it streams,
+                 `CustomInputStream`; arguments of another shape go out as one delta when
+                 the call closes)
     response.completed (or response.incomplete for `length` / `content_filter`,
     response.failed when the upstream broke), with the whole response and its usage.
 
@@ -41,7 +41,11 @@ from typing import Any
 
 import orjson
 
-from gateway.protocol.responses_to_chat import ResponsesContext, custom_input
+from gateway.protocol.responses_to_chat import (
+    CustomInputStream,
+    ResponsesContext,
+    custom_input,
+)
 
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
@@ -158,7 +162,7 @@ def completion_to_response(completion: dict[str, Any], ctx: ResponsesContext,
 
 
 class _Item:
-    __slots__ = ("call_id", "id", "index", "kind", "name", "signature", "text")
+    __slots__ = ("call_id", "decoder", "id", "index", "kind", "name", "signature", "text")
     # kind: "reasoning", "message", "function_call" or "custom_tool_call"
 
     def __init__(self, kind: str, item_id: str, index: int) -> None:
@@ -169,6 +173,7 @@ class _Item:
         self.signature = ""
         self.call_id = ""
         self.name = ""
+        self.decoder: CustomInputStream | None = None  # custom tool calls only
 
 
 class ChatToResponses:
@@ -267,9 +272,11 @@ class ChatToResponses:
             arguments = item.text if item.text.strip() else "{}"
             if item.kind == "custom_tool_call":
                 raw = custom_input(arguments)
-                if raw:
+                sent = item.decoder.sent if item.decoder is not None else ""
+                rest = raw[len(sent):] if raw.startswith(sent) else ""
+                if rest:
                     self._event(out, "response.custom_tool_call_input.delta",
-                                item_id=item.id, output_index=item.index, delta=raw)
+                                item_id=item.id, output_index=item.index, delta=rest)
                 self._event(out, "response.custom_tool_call_input.done", item_id=item.id,
                             output_index=item.index, input=raw)
                 done = _custom_item(item.id, item.call_id, item.name, raw)
@@ -340,6 +347,8 @@ class ChatToResponses:
                              "ctc" if custom else "fc")
             item.call_id = call.get("id") or f"call_{self._base}_{k}"
             item.name = name
+            if custom:
+                item.decoder = CustomInputStream()
             self._calls[k] = item
             added = {"id": item.id, "type": "custom_tool_call", "status": "in_progress",
                      "call_id": item.call_id, "name": name, "input": ""} if custom \
@@ -354,6 +363,11 @@ class ChatToResponses:
             if item.kind == "function_call":
                 self._event(out, "response.function_call_arguments.delta", item_id=item.id,
                             output_index=item.index, delta=arguments)
+            elif item.decoder is not None:
+                text = item.decoder.feed(arguments)
+                if text:
+                    self._event(out, "response.custom_tool_call_input.delta",
+                                item_id=item.id, output_index=item.index, delta=text)
 
     def end(self) -> bytes:
         """The upstream finished: close every item and complete the response."""

@@ -31,6 +31,7 @@ header); a `tool_choice` that forces one of them is refused.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +69,75 @@ class ResponsesContext:
 CUSTOM_INPUT = "input"
 CUSTOM_NOTE = ("This tool takes free-form text, not JSON arguments: put the tool's whole raw "
                "input, exactly as the tool expects it, in the `input` string.")
+
+
+_CUSTOM_START = re.compile(r'\s*\{\s*"input"\s*:\s*"')
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r",
+            "t": "\t"}
+
+
+class CustomInputStream:
+    """Decodes the `input` string of `{"input": "..."}` arguments while they stream in, so
+    a custom tool's raw input can go out as it arrives. `feed` returns the newly decoded
+    text; it returns "" for arguments of any other shape (the caller then sends the whole
+    input when the call closes) and stops at the string's closing quote."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._pos = -1          # index in _buffer of the next undecoded character
+        self.failed = False     # not `{"input": "...` : nothing streams
+        self.closed = False     # the string ended
+        self.sent = ""          # everything returned so far
+
+    def feed(self, fragment: str) -> str:
+        self._buffer += fragment
+        if self.failed or self.closed:
+            return ""
+        if self._pos < 0:
+            match = _CUSTOM_START.match(self._buffer)
+            if match is None:
+                compact = "".join(self._buffer.split())
+                if not '{"input":"'.startswith(compact[:10]) or len(self._buffer) > 256:
+                    self.failed = True  # some other shape; the end will tell
+                return ""
+            self._pos = match.end()
+        out: list[str] = []
+        buffer, i, end = self._buffer, self._pos, len(self._buffer)
+        while i < end:
+            char = buffer[i]
+            if char == '"':
+                self.closed = True
+                break
+            if char != "\\":
+                out.append(char)
+                i += 1
+                continue
+            if i + 1 >= end:
+                break  # the escape is split across fragments: wait for the rest
+            kind = buffer[i + 1]
+            if kind in _ESCAPES:
+                out.append(_ESCAPES[kind])
+                i += 2
+                continue
+            if kind != "u":
+                self.failed = True
+                break
+            if i + 6 > end:
+                break
+            code = int(buffer[i + 2:i + 6], 16)
+            if 0xD800 <= code < 0xDC00:  # a surrogate pair needs its second half
+                if i + 12 > end:
+                    break
+                low = int(buffer[i + 8:i + 12], 16)
+                out.append(chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)))
+                i += 12
+            else:
+                out.append(chr(code))
+                i += 6
+        self._pos = i
+        text = "".join(out)
+        self.sent += text
+        return text
 
 
 def custom_input(arguments: str) -> str:

@@ -16,7 +16,11 @@ from gateway.protocol.chat_to_anthropic import (
 )
 from gateway.protocol.chat_to_responses import ChatToResponses, completion_to_response
 from gateway.protocol.openai_errors import openai_error_body
-from gateway.protocol.responses_to_chat import for_openai_upstream, responses_to_chat
+from gateway.protocol.responses_to_chat import (
+    CustomInputStream,
+    for_openai_upstream,
+    responses_to_chat,
+)
 
 TOOL = {"type": "function", "function": {"name": "Read", "parameters": {"type": "object"}}}
 
@@ -358,11 +362,43 @@ def test_custom_call_stream_events() -> None:
     kinds = [e["type"] for e in events]
     assert "response.function_call_arguments.delta" not in kinds
     call_events = [e for e in events if e.get("output_index") == 1]
-    assert [e["type"] for e in call_events] == [
-        "response.output_item.added", "response.custom_tool_call_input.delta",
-        "response.custom_tool_call_input.done", "response.output_item.done"]
-    added, delta, done_input, done = call_events
+    added, *deltas, done_input, done = call_events
+    assert added["type"] == "response.output_item.added"
+    assert {e["type"] for e in deltas} == {"response.custom_tool_call_input.delta"}
+    assert len(deltas) > 3  # the raw input streams as it is decoded
+    assert (done_input["type"], done["type"]) == ("response.custom_tool_call_input.done",
+                                                  "response.output_item.done")
     assert added["item"]["type"] == "custom_tool_call" and added["item"]["input"] == ""
-    assert delta["delta"] == done_input["input"] == done["item"]["input"] == PATCH
+    assert "".join(e["delta"] for e in deltas) == done_input["input"] == \
+        done["item"]["input"] == PATCH
     assert done["item"]["call_id"] == "c9" and done["item"]["id"] == added["item"]["id"]
     assert events[-1]["response"]["output"][1] == done["item"]
+
+
+@pytest.mark.parametrize("text", [PATCH, "emoji \U0001f600, é, \u2028, tab\t, \\ and \"", ""])
+def test_custom_input_decodes_at_every_split(text: str) -> None:
+    """Every cut of the arguments (inside escapes, \\u sequences and surrogate pairs too)
+    streams exactly the raw input."""
+    arguments = orjson.dumps({"input": text}).decode().replace(
+        "\U0001f600", "\\ud83d\\ude00")
+    for cut in range(1, len(arguments)):
+        for second in (cut, min(len(arguments), cut + 5)):
+            decoder = CustomInputStream()
+            parts = [arguments[:cut], arguments[cut:second], arguments[second:]]
+            assert "".join(decoder.feed(p) for p in parts) == text
+            assert decoder.closed and not decoder.failed
+
+
+def test_custom_call_of_another_shape_goes_out_whole_at_the_end() -> None:
+    _, ctx = responses_to_chat({"model": "m", "input": "x", "tools": [APPLY_PATCH],
+                                "stream": True})
+    conv = ChatToResponses(ctx, "resp_o", 1)
+    events = events_of(conv.start() + conv.feed([
+        chunk({"tool_calls": [{"index": 0, "id": "c", "function": {
+            "name": "apply_patch", "arguments": '{"patch": "'}}]}),
+        chunk({"tool_calls": [{"index": 0, "function": {"arguments": 'abc"}'}}]}, "tool_calls"),
+    ]) + conv.end())
+    deltas = [e["delta"] for e in events if e["type"] == "response.custom_tool_call_input.delta"]
+    assert deltas == ["abc"]
+    done = next(e for e in events if e["type"] == "response.output_item.done")
+    assert done["item"]["input"] == "abc"
