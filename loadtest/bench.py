@@ -5,6 +5,7 @@
     python loadtest/bench.py --soak 300           # plus a 5-minute memory soak
     python loadtest/bench.py --profile small-openai   # py-spy on the gateway during a run
     python loadtest/bench.py --quick              # seconds: a smoke run (used by the tests)
+    python loadtest/bench.py --shared-store       # plus the gateway on PostgreSQL + Redis
 
 Method
 ------
@@ -18,6 +19,9 @@ keeps up with what its upstream can serve. Rows on CPU 0, one loaded at a time:
 `llmapi` (the product defaults), `llmapi-noacct` (`[server] accounting = false`: no limits,
 no usage rows; the baseline for the cost of accounting, issue 6), `llmapi-aiohttp` (the
 defaults with `[server] upstream_client = "aiohttp"`: the old upstream client, issue 19),
+`llmapi-pg-redis` (with `--shared-store`: the defaults on PostgreSQL and Redis, both
+started here from Debian's packages, pinned beside the fake upstream; the "Shared store"
+table sets it against `llmapi`, SQLite + in-process counters, scenario by scenario),
 `aiohttp-floor` and `lean-floor` (loadtest/floor_relay.py: a bare aiohttp-served relay that
 forwards bytes and nothing else, with aiohttp's client or the lean one: the floor of this
 stack) and, with `--compare litellm`, LiteLLM's proxy (installed into
@@ -241,8 +245,14 @@ async def wait_ready(server: Server, timeout: float) -> None:
 
 
 def gateway_config(workdir: Path, name: str, port: int, upstream: str, accounting: bool,
-                   client: str = "lean") -> Path:
-    """A config with both protocols against the fake upstream and the benchmark plan."""
+                   client: str = "lean", database_url: str = "", redis_url: str = "") -> Path:
+    """A config with both protocols against the fake upstream and the benchmark plan (on
+    PostgreSQL and Redis when their URLs are given: the shared-store row)."""
+    shared = ""
+    if database_url:
+        shared += f'url = "{database_url}"\n'
+    if redis_url:
+        shared += f'\n[redis]\nurl = "{redis_url}"\n'
     text = f"""
 [server]
 host = "127.0.0.1"
@@ -252,7 +262,7 @@ upstream_client = "{client}"
 
 [database]
 path = "{workdir / 'llmapi.db'}"
-
+{shared}
 [routing]
 health_interval = 0
 
@@ -288,10 +298,10 @@ async def make_keys(config: Path, users: int, keys_per_user: int) -> list[str]:
     """Users on the benchmark plan and their raw keys (created straight in the database)."""
     from gateway.accounts.users import create_key, create_user
     from gateway.config import load_config
-    from gateway.store.sqlite import open_database
+    from gateway.store.factory import open_store
 
     cfg = load_config(str(config))
-    db = await open_database(cfg.database_path)
+    db = await open_store(cfg)  # the SQLite file, or PostgreSQL for the shared-store row
     try:
         from gateway.accounts.plans import sync_plans
 
@@ -305,6 +315,40 @@ async def make_keys(config: Path, users: int, keys_per_user: int) -> list[str]:
         return keys
     finally:
         await db.close()
+
+
+SHARED_ROW = "llmapi-pg-redis"
+
+
+async def start_shared_store(bench: Bench) -> tuple[str, str]:
+    """A throwaway PostgreSQL cluster and redis-server on loopback (the test fixtures'
+    starters, tests/helpers/services.py), pinned beside the fake upstream so the gateway's
+    CPU is measured alone; returns (database URL, Redis URL)."""
+    from tests.helpers.services import PostgresServer, RedisServer
+
+    pg = await asyncio.to_thread(lambda: PostgresServer().start())
+    bench.cleanups.append(pg.destroy)
+    redis = await asyncio.to_thread(lambda: RedisServer().start())
+    bench.cleanups.append(redis.destroy)
+    cpus = bench.cpus["upstream"]
+    if cpus:
+        pids = [*pg_pids(pg.data), *([redis.proc.pid] if redis.proc else [])]
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, cpus)  # new backends inherit the postmaster's
+    bench.notes.append(f"{SHARED_ROW}: PostgreSQL and Redis on this machine, pinned with the "
+                       "fake upstream and the load generator; their CPU is not in the "
+                       "gateway's CPU/request")
+    return await pg.create_database("bench"), redis.url
+
+
+def pg_pids(data_dir: Path) -> list[int]:
+    """The postmaster (first line of postmaster.pid) and its children."""
+    try:
+        master = int((data_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    return descendants(master)
 
 
 # ---------------------------------------------------------------- requests
@@ -535,11 +579,13 @@ class Bench:
     upstream: Server | None = None
     servers: dict[str, Server] = field(default_factory=dict)  # target name -> process
     keys: list[str] = field(default_factory=list)
+    server_keys: dict[str, str] = field(default_factory=dict)  # a gateway on its own database
     rows: list[Row] = field(default_factory=list)
     seq: list[SeqRow] = field(default_factory=list)
     paced_rows: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    cleanups: list[Any] = field(default_factory=list)  # stop PostgreSQL and Redis
 
     def use_wrk(self) -> bool:
         return not self.args.no_wrk and shutil.which("wrk") is not None
@@ -563,7 +609,8 @@ class Bench:
                 found.append(Target(name, server.url + path, direct.body,
                                     {"Content-Type": "application/json"}))
             else:
-                found.append(scenario.through(name, server.url, self.keys[0]))
+                found.append(scenario.through(name, server.url,
+                                              self.server_keys.get(name, self.keys[0])))
         return found
 
     @contextlib.contextmanager
@@ -975,6 +1022,33 @@ def target_checks(bench: Bench) -> list[dict[str, Any]]:
     return checks
 
 
+def shared_store_cost(bench: Bench) -> list[dict[str, Any]]:
+    """`llmapi-pg-redis` next to `llmapi` (SQLite + in-process counters), per scenario:
+    throughput ratio, added sequential p50 (the Redis admission and settle round trips and
+    PostgreSQL's usage writes), CPU per request of the gateway."""
+    out = []
+    for r in bench.rows:
+        if r.target != SHARED_ROW:
+            continue
+        base = next((b for b in bench.rows
+                     if b.scenario == r.scenario and b.target == "llmapi"), None)
+        seq_s = next((q for q in bench.seq
+                      if q.scenario == r.scenario and q.target == SHARED_ROW), None)
+        seq_b = next((q for q in bench.seq
+                      if q.scenario == r.scenario and q.target == "llmapi"), None)
+        if base is None:
+            continue
+        out.append({
+            "scenario": r.scenario, "rps_sqlite": base.rps, "rps_shared": r.rps,
+            "throughput_ratio": r.rps / base.rps if base.rps else None,
+            "cpu_ms_sqlite": base.cpu_ms_per_request, "cpu_ms_shared": r.cpu_ms_per_request,
+            "seq_p50_sqlite_ms": seq_b.p50_ms if seq_b else None,
+            "seq_p50_shared_ms": seq_s.p50_ms if seq_s else None,
+            "added_seq_p50_ms": (seq_s.p50_ms - seq_b.p50_ms) if seq_s and seq_b else None,
+        })
+    return out
+
+
 def print_report(bench: Bench, checks: list[dict[str, Any]]) -> None:
     tool = bench.rows[0].tool if bench.rows else ""
     print(f"\nThroughput ({bench.args.connections} connections, {tool})")
@@ -1009,6 +1083,22 @@ def print_report(bench: Bench, checks: list[dict[str, Any]]) -> None:
             added = "" if s.added_p50_ms is None else f"{s.added_p50_ms:+.3f}"
             added99 = "" if s.added_p99_ms is None else f"{s.added_p99_ms:+.3f}"
             print(f"| {s.scenario} | {s.target} | {s.p50_ms:.3f} | {added} | {added99} |")
+    shared = bench.extra.get("shared_store") or []
+    if shared:
+        print(f"\nShared store: {SHARED_ROW} (PostgreSQL + Redis) vs llmapi (SQLite + "
+              "in-process counters), same run; on a shared, loaded machine these are "
+              "indicative only")
+        print("| scenario | req/s SQLite | req/s shared | ratio | CPU ms/req SQLite | "
+              "CPU ms/req shared | seq p50 SQLite | seq p50 shared | added p50 ms |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for c in shared:
+            def num(v: float | None, fmt: str) -> str:
+                return "" if v is None else format(v, fmt)
+            print(f"| {c['scenario']} | {c['rps_sqlite']:.0f} | {c['rps_shared']:.0f} | "
+                  f"{num(c['throughput_ratio'], '.2f')} | {c['cpu_ms_sqlite']:.3f} | "
+                  f"{c['cpu_ms_shared']:.3f} | {num(c['seq_p50_sqlite_ms'], '.3f')} | "
+                  f"{num(c['seq_p50_shared_ms'], '.3f')} | "
+                  f"{num(c['added_seq_p50_ms'], '+.3f')} |")
     print("\nTargets")
     for c in checks:
         print(f"  [{'met' if c['met'] else 'NOT met'}] {c['target']}: {c['measured']} "
@@ -1047,11 +1137,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             gateways.append(("llmapi-noacct", False, "lean"))
         if args.client_compare:
             gateways.append(("llmapi-aiohttp", True, "aiohttp"))
+        shared_urls: dict[str, tuple[str, str]] = {}
+        if args.shared_store:
+            shared_urls[SHARED_ROW] = await start_shared_store(bench)
+            gateways.append((SHARED_ROW, True, "lean"))
         for name, accounting, client in gateways:
             port = free_port()
-            config = gateway_config(workdir, name, port, upstream, accounting, client)
+            config = gateway_config(workdir, name, port, upstream, accounting, client,
+                                    *shared_urls.get(name, ("", "")))
             if not bench.keys:
                 bench.keys = await make_keys(config, 1, 1)
+            if name in shared_urls:
+                bench.server_keys[name] = (await make_keys(config, 1, 1))[0]
             server = start_process(name, [py, "-m", "gateway", "serve", "--config", str(config)],
                                    cpus["gateway"], workdir / f"{name}.log",
                                    f"http://127.0.0.1:{port}", "/health")
@@ -1113,8 +1210,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for server in reversed(servers):
             server.stop()
+        for stop in bench.cleanups:
+            with contextlib.suppress(Exception):
+                stop()
 
     checks = target_checks(bench)
+    bench.extra["shared_store"] = shared_store_cost(bench)
     print_report(bench, checks)
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -1164,6 +1265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="req/s offered over --connections for the paced latency run "
                              "(wrk only; 0: skip)")
     parser.add_argument("--no-wrk", action="store_true", help="use the aiohttp load generator")
+    parser.add_argument("--shared-store", action="store_true",
+                        help=f"add the row `{SHARED_ROW}`: the same gateway on PostgreSQL and "
+                             "Redis (both started here from Debian's packages)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run of a few seconds (tiny durations, no memory test)")
     parser.add_argument("--json", default=None, help="where to write the JSON report")
