@@ -6,7 +6,9 @@
 `handle_messages` is the whole story; `relay` (route onwards) is shared with the OpenAI
 ingress routes; the helpers below them are small. Errors before the
 first byte become Anthropic error responses (middleware); after it, the reply itself ends
-the stream with an `error` event.
+the stream with an `error` event. A request still running when the shutdown grace ends is
+ended the same two ways (gateway/inflight.py); one refused before `relay` is logged and
+counted by the middleware (gateway/api/unrelayed.py).
 """
 
 from __future__ import annotations

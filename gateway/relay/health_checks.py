@@ -27,6 +27,7 @@ from gateway.config import ProviderConfig
 from gateway.relay.breaker import Breaker
 
 log = logging.getLogger("llmapi.health")
+PROBE_BODY_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -62,7 +63,12 @@ class HealthChecker:
                                         connect=provider.connect_timeout)
         try:
             async with self._session.get(url, headers=headers, timeout=timeout) as response:
-                await response.read()
+                # a model list is small: read it to its end, but never an endless body
+                seen = 0
+                async for chunk in response.content.iter_any():
+                    seen += len(chunk)
+                    if seen > PROBE_BODY_BYTES:
+                        break
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
             result.ok, result.error = False, f"unreachable ({type(exc).__name__})"

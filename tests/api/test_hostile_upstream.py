@@ -4,6 +4,7 @@ time, and never a 500, a traceback or a broken answer passed on with 200."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import threading
@@ -183,4 +184,31 @@ async def test_stream_usage_of_the_wrong_type_is_survived(
     assert status == 200, payload[:300]
     assert b"error" not in payload.lower() or (
         path in OPENAI_ROUTES and b'"error":null' in payload), payload[-500:]
+    no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize("protocol", ["anthropic", "openai"])
+async def test_a_health_probe_reads_a_bounded_model_list(
+        gateway_factory: Any, protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The probe's GET of the model list used to read the whole body into memory."""
+    server = TestServer(build_app(), host="127.0.0.1")
+    await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
+    try:
+        with PeakRss() as rss:
+            started = time.perf_counter()
+            gateway = await gateway_factory({
+                "providers": [provider_table("hostile", protocol, base)],
+                "routing": {"health_interval": 0.2}, "plans": [OPEN_PLAN]})
+            async with asyncio.timeout(20):
+                while not gateway.health.results["hostile"].checked_at:
+                    await asyncio.sleep(0.02)
+            took = time.perf_counter() - started
+        result = gateway.health.results["hostile"]
+        print(f"{protocol}: probe done in {took:.2f} s, RSS +{rss.growth_mib:.0f} MiB, "
+              f"ok={result.ok}")
+        assert result.ok is True
+        assert rss.growth_mib < 60, f"RSS grew {rss.growth_mib:.0f} MiB"
+    finally:
+        await server.close()
     no_tracebacks(caplog)

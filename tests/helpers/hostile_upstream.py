@@ -12,6 +12,7 @@ non-stream   usage-list, usage-string, usage-number, usage-values (counts of the
 stream       no-separator (32 MiB of `data:` that never ends an event), late-no-separator
              (a proper start, then the same), usage-list (usage of the wrong type in the
              events), ok
+GET /v1/models (the health probe) answers a list that never ends.
 """
 
 from __future__ import annotations
@@ -142,6 +143,20 @@ async def _answer(request: web.Request, anthropic: bool) -> web.StreamResponse:
     return web.Response(body=_body(mode, anthropic), content_type=content_type)
 
 
+async def _models(request: web.Request) -> web.StreamResponse:
+    """The health probe's URL: a model list that never ends (200 MiB of it)."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    await response.write(b'{"object":"list","data":[')
+    piece = b'{"id":"m","object":"model"},' * 2048
+    try:
+        for _ in range(200 * MIB // len(piece)):
+            await response.write(piece)
+    except ConnectionError:
+        pass
+    return response
+
+
 async def _messages(request: web.Request) -> web.StreamResponse:
     return await _answer(request, anthropic=True)
 
@@ -159,4 +174,5 @@ def build_app() -> web.Application:
     app[HITS] = []
     app.router.add_post("/v1/messages", _messages)
     app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_get("/v1/models", _models)
     return app
