@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
-# Anthropic error type -> HTTP status (PROTOCOL.md section 2).
+# Anthropic error type -> HTTP status (docs/protocol.md §2).
 STATUS_OF: dict[str, int] = {
     "invalid_request_error": 400,
     "authentication_error": 401,

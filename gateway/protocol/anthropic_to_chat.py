@@ -3,6 +3,7 @@
 `message_to_completion` converts a whole message; `AnthropicToChat` converts a stream read
 by read (raw Anthropic SSE bytes in, Chat Completions chunk objects out; the ingress
 serializes them, or hands them on to the Responses converter). Pure, no I/O.
+The rules: docs/protocol.md §12.
 
 - text -> `content`; thinking -> `reasoning_content` (the field DeepSeek and Qwen use, which
   Chat clients that show reasoning read); with `keep_signature` the thinking block's

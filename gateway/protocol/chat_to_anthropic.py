@@ -5,7 +5,7 @@ for openai-protocol upstreams too, which get the client's body itself); `chat_to
 builds the Anthropic body, raising `ConversionError` (a 400 for the client) for anything it
 cannot carry over faithfully rather than dropping it.
 
-Field by field (docs/openai-clients.md has the user-facing table):
+Field by field (docs/protocol.md §12; docs/openai-clients.md has the user-facing table):
 - `system` / `developer` messages -> `system` (joined with blank lines, in order).
 - user text and `image_url` parts -> text and image blocks (data: URLs become base64
   sources, http(s) URLs url sources); audio and file parts are refused.

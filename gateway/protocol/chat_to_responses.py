@@ -2,6 +2,7 @@
 
 `completion_to_response` converts a whole `chat.completion`; `ChatToResponses` turns a
 stream of Chat chunk objects into typed Responses events. Pure, no I/O.
+The rules: docs/protocol.md §13.
 
 Event order, as the official SDK's `responses.stream()` accumulator requires it
 (openai-python `lib/streaming/responses/_responses.py`: it raises unless

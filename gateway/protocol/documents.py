@@ -1,5 +1,7 @@
 """Anthropic `document` blocks in a form an OpenAI-compatible upstream accepts, never dropped.
 
+The rules: docs/protocol.md §6.
+
 Order of preference, per block:
 1. text sources (`text`, `content`) become text;
 2. a base64 PDF is sent as an OpenAI `file` part where the upstream takes files

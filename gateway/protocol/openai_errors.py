@@ -1,5 +1,7 @@
 """OpenAI-shaped errors for the OpenAI ingress routes (`/v1/chat/completions`, `/v1/responses`).
 
+The rules: docs/protocol.md §14.
+
 The gateway raises errors in Anthropic terms (`gateway.errors.ApiError`: an Anthropic error
 type and a status). On the OpenAI routes they are sent as OpenAI's error object,
 `{"error": {"message", "type", "param", "code"}}`, with the status OpenAI itself uses, so

@@ -3,7 +3,7 @@
 Only fields an OpenAI-compatible upstream understands are ever written: the output is built
 from a whitelist, so Anthropic-only fields (`context_management`, `output_config`, `metadata`,
 `thinking`, `cache_control`, `container`, `mcp_servers`, `service_tier`, anything unknown) can
-not leak through. The rules are PROTOCOL.md sections 1 and 4, and pitfalls 6-9.
+not leak through. The rules are docs/protocol.md §3 to §6.
 
 `validate_anthropic_request` is the cheap shape check done before routing; it names the first
 bad field the way Anthropic's own 400 messages do (`messages.1.content: ...`).
@@ -142,7 +142,7 @@ def to_openai_request(
 
     if body.get("stream") is True:
         out["stream"] = True
-        # Without this, OpenAI-style streams carry no usage at all (pitfall 5).
+        # Without this, OpenAI-style streams carry no usage at all (docs/protocol.md §3).
         out["stream_options"] = {"include_usage": True}
 
     if options.send_user:
@@ -197,8 +197,8 @@ class _Converter:
         """Add a placeholder `tool` message for every unanswered call of the last assistant turn.
 
         OpenAI-compatible upstreams return 400 when an assistant `tool_calls` entry has no
-        `tool` message right after it (pitfall 8). Anthropic clients can produce such a history
-        (an interrupted tool, an edited transcript), so instead of failing the request we
+        `tool` message right after it (docs/protocol.md §4). Anthropic clients can produce
+        such a history (an interrupted tool, an edited transcript), so instead of failing we
         answer the call ourselves and say that no result exists.
         """
         for tool_id in self.pending_tool_ids:
@@ -280,7 +280,7 @@ class _Converter:
                 text, images = _tool_result_content(block, self.send_files)
                 if tool_id in self.pending_tool_ids and tool_id not in results:
                     if images:
-                        # Tool messages are text only (pitfall 8): the image goes into the
+                        # Tool messages are text only (docs/protocol.md §4): the image goes into the
                         # user message that follows the tool messages.
                         text = f"{text}\n{TOOL_IMAGE_NOTE}" if text else TOOL_IMAGE_NOTE
                     # Some upstreams reject an empty content, even for a tool message.

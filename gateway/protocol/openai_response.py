@@ -1,6 +1,6 @@
 """Turn a non-stream OpenAI Chat Completions response (or error) into its Anthropic form.
 
-Rules: PROTOCOL.md section 5 and the non-stream point of tests/fixtures/README.md. Never
+Rules: docs/protocol.md §7 and §9, and the non-stream point of tests/fixtures/README.md. Never
 raises on a malformed upstream body: missing pieces become empty content or estimated usage.
 
 Stop sequences. OpenAI-compatible upstreams strip the matched stop string and report only
@@ -114,7 +114,7 @@ def to_anthropic_message(
     finish_reason = choice.get("finish_reason")
 
     content: list[dict[str, Any]] = []
-    # Thinking first (pitfall 3). `reasoning` is the field name of vLLM and OpenRouter.
+    # Thinking first (docs/protocol.md §5). `reasoning` is the field name of vLLM and OpenRouter.
     reasoning = message.get("reasoning_content") or message.get("reasoning")
     if isinstance(reasoning, str) and reasoning:
         content.append({"type": "thinking", "thinking": reasoning, "signature": ""})
@@ -280,8 +280,9 @@ def _tool_use_blocks(message: dict[str, Any], message_id: str) -> list[dict[str,
 def parse_tool_arguments(arguments: Any) -> dict[str, Any]:
     """A tool call's `arguments` as the object Anthropic's `input` must be.
 
-    "" (or nothing) is {} (pitfall 2). Text that is not a JSON object, such as arguments cut off
-    by `length`, is kept whole under "_raw_arguments" so nothing is lost and nothing raises.
+    "" (or nothing) is {} (docs/protocol.md §7). Text that is not a JSON object, such as
+    arguments cut off by `length`, is kept whole under "_raw_arguments" so nothing is lost
+    and nothing raises.
     """
     if isinstance(arguments, dict):
         return arguments  # some upstreams send the object itself

@@ -4,8 +4,9 @@ The converter is a pure state machine: raw upstream bytes in (split anywhere), A
 bytes out. The server owns the socket, the timeouts and the keep-alive pings; it calls
 `feed` per read, `finish` at upstream EOF and `abort` when it gives up on the upstream.
 
-The rules it follows are the design rules of tests/fixtures/README.md; a comment names the
-fixture that shows each surprising one.
+The rules it follows are docs/protocol.md §8 (and §7's finish reasons, §9's usage), the
+design rules of tests/fixtures/README.md; a comment names the fixture that shows each
+surprising one.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """OpenAI Responses request -> Chat Completions request (the Responses ingress's first step).
 
+The rules: docs/protocol.md §13.
+
 Why through Chat Completions: it is the smallest set of converters that serves both
 upstream protocols. A Responses request becomes a Chat body here; an openai-protocol
 upstream gets that body as is, an anthropic-protocol upstream gets it through

@@ -1,5 +1,7 @@
 """Client-visible tool-call ids that are unique per answer and still lead back upstream.
 
+The rules: docs/protocol.md §4.
+
 Some upstreams number tool calls per answer (Moonshot/Kimi: `functions.Read:0`, then again
 `functions.Read:0` on the next turn). Claude Code pairs `tool_result`s with calls by id, so a
 repeated id makes it answer the wrong call and loop. The gateway therefore never shows an

@@ -221,7 +221,7 @@ SCENARIOS = (
     "error_midstream",
 )
 USAGE_MODES = ("final", "finish", "none")
-# OpenAI finish_reason -> Anthropic stop_reason (PROTOCOL.md section 5).
+# OpenAI finish_reason -> Anthropic stop_reason (docs/protocol.md §7).
 STOP_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",

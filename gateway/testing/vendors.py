@@ -345,7 +345,7 @@ def _openai_reasoning_model(vendor: Vendor, body: Mapping[str, Any]) -> Rejectio
 
 def _tool_sequence_problem(messages: list[Any]) -> str | None:
     """Every assistant tool call needs its tool message right after it, and a tool message
-    needs a call (PROTOCOL.md pitfall 8; wording of DeepSeek's and OpenAI's 400s:
+    needs a call (docs/protocol.md §4; wording of DeepSeek's and OpenAI's 400s:
     claude-code-best/claude-code#168, OpenAI's "messages with role 'tool' must be a
     response to a preceeding message with 'tool_calls'")."""
     pending: list[Any] = []

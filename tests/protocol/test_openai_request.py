@@ -34,7 +34,7 @@ OPENAI_FIELDS = {
 
 
 def assert_upstream_accepts(request: dict[str, Any]) -> None:
-    """The structural rules OpenAI-compatible upstreams enforce with a 400 (pitfall 8 etc.)."""
+    """The structural rules OpenAI-compatible upstreams enforce with a 400 (docs/protocol.md §4)."""
     assert set(request) <= OPENAI_FIELDS, set(request) - OPENAI_FIELDS
     assert isinstance(request["model"], str) and request["model"]
     assert "cache_control" not in orjson.dumps(request).decode()

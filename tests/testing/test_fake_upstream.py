@@ -122,7 +122,8 @@ def anthropic_events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
 
 
 def check_anthropic_grammar(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Assert PROTOCOL.md section 2; returns the blocks as built from the deltas."""
+    """Assert the Anthropic stream grammar (docs/protocol.md §8); returns the blocks as
+    built from the deltas."""
     names = [name for name, _ in events]
     assert names[0] == "message_start"
     assert names[-2:] == ["message_delta", "message_stop"]
