@@ -163,3 +163,59 @@ def test_every_package_says_what_it_owns() -> None:
     for init in sorted((ROOT / "gateway").glob("*/__init__.py")):
         doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8"))) or ""
         assert len(doc.splitlines()) >= 2, f"{init.relative_to(ROOT)} needs its two lines"
+
+
+def _is_test_module(module: str) -> bool:
+    last = module.rsplit(".", 1)[-1]
+    return last.startswith("test_") or last == "conftest"
+
+
+def imports_of_tests(path: Path) -> list[str]:
+    """The `tests.*` modules one file under tests/ imports (anywhere in it)."""
+    found: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name.startswith("tests.")]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "tests" or node.module.startswith("tests."):
+                found += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            found.append("." * node.level + (node.module or ""))  # relative: never allowed
+    return found
+
+
+def shared_test_code_problems(root: Path) -> list[str]:
+    """A test module (test_*.py, conftest.py) is imported by none: what several share lives
+    in tests/helpers/ (or another non-test module); relative imports name no place."""
+    files = sorted((root / "tests").rglob("*.py"))
+    modules = {".".join(p.relative_to(root).with_suffix("").parts) for p in files}
+    bad = []
+    for path in files:
+        for target in imports_of_tests(path):
+            where = path.relative_to(root).as_posix()
+            if target.startswith("."):
+                bad.append(f"{where}: relative import {target}")
+            elif target in modules and _is_test_module(target):
+                bad.append(f"{where} imports the test module {target}")
+    return sorted(set(bad))
+
+
+def test_no_test_module_imports_another() -> None:
+    assert shared_test_code_problems(ROOT) == []
+
+
+def test_the_test_import_rule_bites(tmp_path: Path) -> None:
+    """Planted: an import of another test module, of conftest, and a relative one."""
+    (tmp_path / "tests" / "web").mkdir(parents=True)
+    for name in ("conftest.py", "web/test_site_pages.py", "web/test_i18n.py"):
+        (tmp_path / "tests" / name).write_text("")
+    planted = tmp_path / "tests" / "web" / "test_zz_planted_by_layout_test.py"
+    planted.write_text("from tests.web.test_site_pages import wrap\n"
+                       "from tests.conftest import Gateway\n"
+                       "from tests.helpers.gateway import ROOT\n"
+                       "from . import test_i18n\n", encoding="utf-8")
+    problems = shared_test_code_problems(tmp_path)
+    where = "tests/web/test_zz_planted_by_layout_test.py"
+    assert problems == [f"{where} imports the test module tests.conftest",
+                        f"{where} imports the test module tests.web.test_site_pages",
+                        f"{where}: relative import ."]

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from gateway.api.messages import stream_reply
 from gateway.streams import STREAMS, OpenStreams
-from tests.conftest import fake_stats, provider_table
+from tests.helpers.gateway import fake_stats, provider_table
 
 ROUTES = {"anthropic": "/v1/messages", "chat": "/v1/chat/completions",
           "responses": "/v1/responses"}

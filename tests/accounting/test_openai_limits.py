@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from gateway.accounting.counters import MIN_OUTPUT_TOKENS
-from tests.conftest import fake_stats, provider_table
+from tests.helpers.gateway import fake_stats, provider_table
 
 
 def plan(name: str, **figures: int) -> dict[str, Any]:

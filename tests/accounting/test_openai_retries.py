@@ -27,7 +27,7 @@ from gateway.accounting.limits import (
     LIMIT_TOKENS_HELD,
 )
 from gateway.protocol.openai_errors import _LIMITS, go_duration
-from tests.conftest import fake_stats, provider_table
+from tests.helpers.gateway import fake_stats, provider_table
 
 DURATION = re.compile(r"^(\d+ms|\d+s|\d+m\d+s|\d+h\d+m\d+s)$")
 

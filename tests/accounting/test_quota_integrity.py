@@ -16,7 +16,7 @@ import pytest
 
 from gateway.accounting.counters import MIN_OUTPUT_TOKENS
 from gateway.accounts.users import create_key, create_user
-from tests.conftest import Gateway, provider_table
+from tests.helpers.gateway import Gateway, provider_table
 
 RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
                 "anthropic-ratelimit-requests-limit")

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.accounting.admission import MAX_TOKENS_PER_FIELD, clamp_tokens
-from tests.conftest import fake_stats, free_port, provider_table, wait_for_port
+from tests.helpers.gateway import fake_stats, free_port, provider_table, wait_for_port
 
 OPEN_PLAN = {"name": "open", "monthly_tokens": 0, "rpm": 0, "rpd": 0, "max_keys": 5,
              "max_input_tokens": 0, "concurrency": 0}

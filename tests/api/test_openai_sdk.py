@@ -20,7 +20,7 @@ from openai.types.responses import ResponseCustomToolCall
 from gateway.cli import format_usage
 from gateway.reports.admin import platform_stats
 from gateway.testing.fake_upstream import apply_patch_text
-from tests.conftest import fake_stats, provider_table
+from tests.helpers.gateway import fake_stats, provider_table
 
 PROTOCOLS = ["openai", "anthropic"]
 PNG = base64.b64encode(bytes.fromhex(

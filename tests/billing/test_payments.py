@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 from gateway.accounts.users import add_month
 from gateway.billing.payments import format_amount, parse_amount
 from gateway.testing.fake_alipay import KeySet, load_or_create_keys
+from tests.helpers.html import validate, wrap
 from tests.helpers.payment import APP_ID, Shop, start_shop
 from tests.helpers.site import SiteClient, call_messages, signed_in
 
@@ -495,7 +496,6 @@ def test_amounts_are_two_decimal_yuan_from_the_plan_price() -> None:
 
 async def test_billing_and_checkout_pages_pass_the_html_validator(shop: Shop,
                                                                   tmp_path: Path) -> None:
-    from tests.web.test_site_pages import validate, wrap
 
     client, _ = await buyer(shop, "valid@example.com")
     pages: dict[str, str] = {}

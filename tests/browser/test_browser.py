@@ -8,20 +8,15 @@ test-artifacts/screenshots/ (git-ignored) for a person to look at.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 from playwright.async_api import (
     Browser,
-    BrowserContext,
     Dialog,
-    Page,
     ViewportSize,
     expect,
 )
@@ -29,15 +24,19 @@ from playwright.async_api import (
 from gateway.accounts.users import create_key
 from gateway.app import build_app
 from gateway.testing.usage_seed import SyntheticRequest, insert_synthetic_usage
-from tests.helpers.gateway import ROOT, Gateway, make_config
+from tests.helpers.browser import (
+    DESKTOP,
+    PHONE,
+    htmx_settled,
+    log_in,
+    new_context,
+    screenshot,
+)
+from tests.helpers.gateway import Gateway, make_config
 from tests.helpers.site import PASSWORD, call_messages, code_from_outbox, make_user
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-DESKTOP: ViewportSize = {"width": 1280, "height": 800}
-PHONE: ViewportSize = {"width": 390, "height": 844}
-LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -47,76 +46,6 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gatewa
     await server.start_server()
     yield Gateway(server, app)
     await server.close()
-
-
-class Watch:
-    """Console errors, page exceptions and off-server requests seen by one context."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-        self.expected_statuses: set[str] = set()
-
-    def attach(self, page: Page) -> None:
-        page.on("console", lambda m: self._console(m.type, m.text))
-        page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
-        page.on("request", lambda r: self._request(r.url))
-
-    def _console(self, kind: str, text: str) -> None:
-        if kind != "error":
-            return
-        if any(f"status of {s}" in text for s in self.expected_statuses):
-            return  # the document itself was an expected error page (the 404 screenshot)
-        self.problems.append(f"console error: {text}")
-
-    def _request(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme in ("data", "blob", "about"):
-            return
-        if parts.hostname not in LOOPBACK:
-            self.problems.append(f"request to another host: {url}")
-
-    def check(self) -> None:
-        assert not self.problems, "\n".join(self.problems)
-
-
-async def new_context(browser: Browser, site: Gateway, viewport: ViewportSize = DESKTOP, *,
-                      permissions: list[str] | None = None,
-                      java_script_enabled: bool = True) -> tuple[BrowserContext, Page, Watch]:
-    context = await browser.new_context(base_url=site.url, viewport=viewport,
-                                        permissions=permissions,
-                                        java_script_enabled=java_script_enabled)
-    watch = Watch()
-    context.on("page", watch.attach)
-    page = await context.new_page()
-    return context, page, watch
-
-
-async def screenshot(page: Page, name: str) -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
-    await page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 5000
-    return path
-
-
-async def htmx_settled(page: Page) -> None:
-    """htmx wires up swapped-in elements when it settles (20 ms after the swap); a person
-    cannot click that fast, a test can."""
-    busy = "() => !!document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling, " \
-           ".htmx-added')"
-    for _ in range(100):  # page.evaluate, not wait_for_function: our CSP forbids eval
-        if not await page.evaluate(busy):
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("htmx never settled")
-
-
-async def log_in(page: Page, email: str, password: str = PASSWORD) -> None:
-    await page.goto("/login")
-    await page.fill("#email", email)
-    await page.fill("#password", password)
-    await page.click("form.form button[type=submit]")
-    await page.wait_for_url(re.compile(r"/dashboard$"))
 
 
 async def test_sign_up_create_and_copy_a_key_and_see_the_chart(browser: Browser,

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, expect
 
 from gateway.testing.fake_alipay import load_or_create_keys
-from tests.browser.test_browser import log_in, new_context, screenshot
+from tests.helpers.browser import log_in, new_context, screenshot
 from tests.helpers.payment import Shop, start_shop
 from tests.helpers.site import make_user
 

@@ -20,8 +20,8 @@ from gateway.accounts.users import create_user
 from gateway.app import build_app
 from gateway.reports.admin import record_audit
 from gateway.testing.usage_seed import SyntheticRequest, insert_synthetic_usage
-from tests.browser.test_site_flows import WIDTHS, check_page, context_for, shot
-from tests.conftest import Gateway, make_config
+from tests.helpers.browser import WIDTHS, check_page, context_for, shot
+from tests.helpers.gateway import Gateway, make_config
 from tests.helpers.site import PASSWORD, make_user
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.browser]

@@ -22,16 +22,10 @@ from playwright.async_api import Browser, Page, ViewportSize, expect
 from gateway.accounts.users import create_key
 from gateway.app import build_app
 from gateway.remote.sessions import RemoteSession, create_session
-from tests.browser.test_browser import (
-    DESKTOP,
-    PHONE,
-    htmx_settled,
-    new_context,
-    screenshot,
-)
+from tests.helpers.browser import DESKTOP, PHONE, htmx_settled, new_context, screenshot
 from tests.helpers.gateway import Gateway, make_config
+from tests.helpers.remote import start_bridge, stop, wait_bridge
 from tests.helpers.site import PASSWORD, make_user
-from tests.remote.test_remote import start_bridge, stop, wait_bridge
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -212,9 +206,15 @@ async def test_page_opened_before_the_bridge_waits_reconnects_and_stops_when_end
         await expect(page.locator("#term-line-text")).to_be_disabled()
         await expect(page.locator(".term-end")).to_be_hidden()
         await screenshot(page, "remote-terminal-ended-desktop")
-        await asyncio.sleep(1.5)  # longer than the first reconnect delays
-        assert session.id not in site.remote.rooms.session_ids()  # nobody came back
+        # nobody comes back: the bridge exits (told 4410), and the page, once "ended", has
+        # stopped its reconnect timer for good (static/js/remote.js showEnded)
         assert await asyncio.wait_for(bridge.wait(), 10) == 0
+        deadline = time.monotonic() + 10
+        while session.id in site.remote.rooms.session_ids():
+            assert time.monotonic() < deadline, "the ended session's room never closed"
+            await asyncio.sleep(0.02)
+        assert await page.evaluate("window.llmapiRemote.state()") == "ended"
+        assert session.id not in site.remote.rooms.session_ids()
         watch.check()
     finally:
         await context.close()

@@ -9,29 +9,22 @@ injected into the page, so these contexts bypass the page's CSP for that one scr
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, BrowserContext, Page, ViewportSize, expect
+from playwright.async_api import Browser, ViewportSize, expect
 
 from gateway.accounts.users import create_key
 from gateway.app import build_app
-from tests.conftest import ROOT, Gateway, make_config
+from tests.helpers.browser import DESKTOP, LANGUAGES, PHONE, WIDTHS, check_page, context_for, shot
+from tests.helpers.gateway import Gateway, make_config
 from tests.helpers.site import PASSWORD, call_messages, code_from_outbox, make_user
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.browser]
 
-SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
-AXE = (Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js").read_text(encoding="utf-8")
-DESKTOP: ViewportSize = {"width": 1280, "height": 800}
-PHONE: ViewportSize = {"width": 390, "height": 844}
-WIDTHS = [("desktop", DESKTOP), ("phone", PHONE)]
-LANGUAGES = {"en": "en-US", "zh-CN": "zh-CN"}
 PUBLIC = {"home": "/", "pricing": "/pricing", "docs": "/docs", "blog": "/blog",
           "login": "/login", "register": "/register?plan=pro", "forgot": "/password/forgot",
           "reset": "/password/reset", "terms": "/terms", "privacy": "/privacy",
@@ -52,34 +45,6 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gatewa
     await server.start_server()
     yield Gateway(server, app)
     await server.close()
-
-
-async def context_for(browser: Browser, site: Gateway, viewport: ViewportSize, lang: str,
-                      *, js: bool = True) -> tuple[BrowserContext, Page]:
-    context = await browser.new_context(base_url=site.url, viewport=viewport,
-                                        locale=LANGUAGES[lang], java_script_enabled=js,
-                                        bypass_csp=True)
-    page = await context.new_page()
-    return context, page
-
-
-async def shot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-async def check_page(page: Page, label: str) -> list[str]:
-    """Sideways scrolling and serious/critical axe violations on the current page."""
-    problems = []
-    if not await page.evaluate("document.documentElement.scrollWidth <= innerWidth + 1"):
-        problems.append(f"{label}: scrolls sideways")
-    await page.add_script_tag(content=AXE)
-    result = await page.evaluate(
-        "async () => JSON.stringify((await axe.run(document, {resultTypes: ['violations']}))"
-        ".violations.filter(v => v.impact === 'serious' || v.impact === 'critical')"
-        ".map(v => v.id + ': ' + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', ')))")
-    problems += [f"{label}: axe {v}" for v in json.loads(result)]
-    return problems
 
 
 @pytest.mark.parametrize(("width_name", "viewport"), WIDTHS)

@@ -146,7 +146,8 @@ async def test_breaker_opens_skips_the_provider_and_recovers_after_cooldown(
     assert snapshot["providers"]["b"]["breaker"] == "closed" and health.status == 200
     assert (await post(gw, key))[0] == 200
     assert (await fake_stats(a))["total_requests"] == 3  # open: skipped
-    await asyncio.sleep(0.6)  # cooldown over: one probe goes through and succeeds
+    await until(lambda: gw.breakers["a"].usable, "the breaker's cooldown over")
+    # half-open now: one request goes through and succeeds
     assert (await post(gw, key))[0] == 200
     assert (await fake_stats(a))["total_requests"] == 4
     assert gw.breakers["a"].state == "closed"

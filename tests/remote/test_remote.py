@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +18,8 @@ from aiohttp.test_utils import TestServer
 from gateway.accounts.users import create_key, create_user
 from gateway.app import build_app
 from gateway.remote.sessions import create_session
-from tests.helpers.gateway import ROOT, Gateway, make_config
+from tests.helpers.gateway import Gateway, make_config
+from tests.helpers.remote import start_bridge, stop, wait_bridge
 
 PASSWORD = "correct horse battery staple"
 BASH = {"name": "Bash", "description": "Run a shell command",
@@ -264,35 +263,6 @@ async def live(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     yield port_holder
     if "server" in port_holder:
         await port_holder["server"].close()
-
-
-async def start_bridge(gw: Gateway, session_id: str, key: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "LLMAPI_TEST_KEY": key, "PYTHONPATH": str(ROOT), "PS1": "$ "}
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "remote-bridge", "--server", gw.url,
-        "--session", session_id, "--key-env", "LLMAPI_TEST_KEY", "--command", "sh",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), 10)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-
-
-async def wait_bridge(gw: Gateway, session_id: str, proc: asyncio.subprocess.Process) -> None:
-    for _ in range(200):
-        if gw.remote.bridge_connected(session_id):
-            return
-        if proc.returncode is not None:
-            assert proc.stderr is not None
-            raise AssertionError(f"bridge exited: {(await proc.stderr.read()).decode()}")
-        await asyncio.sleep(0.05)
-    raise AssertionError("the bridge never connected")
 
 
 async def test_phone_types_into_a_real_shell_and_sees_the_output(live: dict[str, Any]) -> None:

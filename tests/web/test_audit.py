@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import Gateway, GatewayFactory, run_cli
+from tests.helpers.gateway import Gateway, GatewayFactory, run_cli
 from tests.helpers.site import SiteClient, signed_in
 
 ROW = re.compile(r"<tr><td data-label=")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tests.helpers.site import SiteClient
 from web.blog import BlogError, load_posts
 from web.site import BLOG_DIR, SITE

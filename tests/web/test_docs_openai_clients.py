@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import ROOT, GatewayFactory, provider_table
+from tests.helpers.gateway import ROOT, GatewayFactory, provider_table
 from tests.helpers.site import SiteClient
 
 BLOCKS = ("openai-base", "openai-codex-config", "openai-codex-run", "openai-cursor-url",

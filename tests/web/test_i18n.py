@@ -15,7 +15,7 @@ from pathlib import Path
 from babel.messages.extract import extract_from_dir
 from babel.messages.pofile import read_po
 
-from tests.conftest import ROOT, Gateway, GatewayFactory
+from tests.helpers.gateway import ROOT, Gateway, GatewayFactory
 from tests.helpers.site import SiteClient, code_from_outbox, signed_in
 from web import i18n
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import Gateway
+from tests.helpers.gateway import Gateway
 from tests.helpers.site import SiteClient, signed_in
 
 HTMX = {"HX-Request": "true"}

@@ -16,7 +16,7 @@ import aiohttp
 from gateway.accounts.users import create_user, set_plan
 from gateway.reports.margin import margin_report
 from gateway.testing.usage_seed import SyntheticRequest, insert_synthetic_usage
-from tests.conftest import Gateway, GatewayFactory
+from tests.helpers.gateway import Gateway, GatewayFactory
 from tests.helpers.site import MESSAGE, signed_in
 
 DAY = 86400

@@ -14,7 +14,7 @@ import aiohttp
 
 from gateway.accounts.quota_notices import QuotaNotices
 from gateway.accounts.users import add_month
-from tests.conftest import Gateway, GatewayFactory
+from tests.helpers.gateway import Gateway, GatewayFactory
 from tests.helpers.payment import wait_until
 from tests.helpers.site import MESSAGE, SiteClient, make_user
 from web.site import SITE

@@ -14,9 +14,9 @@ import orjson
 from gateway.accounts.users import create_key
 from gateway.remote.sessions import RemoteSession, create_session, end_session
 from tests.helpers.gateway import Gateway
+from tests.helpers.html import validate, wrap
+from tests.helpers.remote import start_bridge, stop, wait_bridge
 from tests.helpers.site import SiteClient, make_user, signed_in
-from tests.remote.test_remote import start_bridge, stop, wait_bridge
-from tests.web.test_site_pages import validate, wrap
 from web.site import CONTENT_SECURITY_POLICY
 
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.reports import savings
 from gateway.testing.fake_alipay import KeySet, load_or_create_keys
-from tests.conftest import Gateway, GatewayFactory
+from tests.helpers.gateway import Gateway, GatewayFactory
 from tests.helpers.payment import Shop, start_shop
 from tests.helpers.site import PASSWORD, SiteClient, code_from_outbox, make_user, signed_in
 

