@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -83,9 +84,12 @@ async def proxied(gateway_factory: GatewayFactory) -> AsyncIterator[Any]:
 
 
 def visitor(local: str) -> aiohttp.ClientSession:
-    """A client whose connections come from the loopback address `local`."""
+    """A client whose connections come from the loopback address `local`. At most 100 at
+    once: the deployed HAProxy marks a server down on one layer-4 error, and a loaded
+    machine's accept queue can produce one under a wider burst (the requests still race:
+    100 are in flight together against limits of 5 and 30)."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(local_addr=(local, 0), limit=0),
+        connector=aiohttp.TCPConnector(local_addr=(local, 0), limit=100),
         cookie_jar=aiohttp.CookieJar(unsafe=True))
 
 
@@ -126,7 +130,7 @@ async def test_a_burst_of_bad_logins_behind_the_proxy_locks_out_only_its_sender(
         checked, refused = statuses.count(401), statuses.count(429)
         print(f"\n{BURST} bad logins from {ATTACKER} through HAProxy, per-client limit 30: "
               f"{checked} checked, {refused} refused")
-        assert checked <= 30 and checked + refused == BURST, statuses
+        assert checked <= 30 and checked + refused == BURST, Counter(statuses)
         # another client behind the same proxy signs in at once
         status = (await logins(owner, base, [{"email": "owner@example.com",
                                               "password": PASSWORD}]))[0]
