@@ -29,7 +29,8 @@ import orjson
 log = logging.getLogger("llmapi.bridge")
 
 BATCH_SECONDS = 0.03
-MAX_BATCH = 32 * 1024
+MAX_BATCH = 32 * 1024  # raw output bytes per frame, unless the hub's limit is lower
+FRAME_OVERHEAD = 64  # the JSON around the base64 data of an output frame
 CLOSE_ENDED, CLOSE_REPLACED = 4410, 4000
 BACKOFF_START, BACKOFF_MAX = 0.5, 15.0
 
@@ -98,6 +99,7 @@ class Bridge:
         self.term = terminal
         self.output = asyncio.Queue[bytes | None]()  # None: the terminal has exited
         self._unsent = bytearray()
+        self.frame_bytes = MAX_BATCH  # raw bytes per output frame (the hub's hello lowers it)
         self.done = asyncio.Event()
         self.exit_reason = ""
 
@@ -174,6 +176,11 @@ class Bridge:
             self.term.resize(int(data["cols"]), int(data["rows"]))
         elif kind == "status" and data.get("ended"):
             self.finish("the session ended")
+        elif kind == "hello":
+            limit = data.get("max_message_bytes")
+            if isinstance(limit, int) and not isinstance(limit, bool):
+                # base64 makes 4 bytes of every 3; a larger frame would close the connection
+                self.frame_bytes = max(1, min(MAX_BATCH, (limit - FRAME_OVERHEAD) * 3 // 4))
 
     async def _send_output(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         """Batch terminal output: one frame per 30 ms at most (fewer frames on a phone).
@@ -196,10 +203,11 @@ class Bridge:
                     exiting = True
                 else:
                     self._unsent += item
-            if self._unsent:
+            while self._unsent:  # in frames the hub accepts; what is sent leaves `_unsent`
+                piece = bytes(self._unsent[:self.frame_bytes])
                 await ws.send_bytes(orjson.dumps({
-                    "type": "output", "data": base64.b64encode(self._unsent).decode()}))
-                self._unsent.clear()
+                    "type": "output", "data": base64.b64encode(piece).decode()}))
+                del self._unsent[:len(piece)]
         await ws.send_bytes(orjson.dumps({"type": "status", "state": "exited"}))
         await ws.close()
 

@@ -20,7 +20,9 @@ bridge whose key still works may connect again.
 
 Messages are JSON text frames: `{"type":"output","data":B64}` bridge -> viewers,
 `{"type":"input","data":B64}` and `{"type":"resize","cols":C,"rows":R}` viewer -> bridge,
-`{"type":"status",...}` hub -> everyone, `{"type":"ping"}` -> `{"type":"pong"}`. One bridge
+`{"type":"status",...}` hub -> everyone, `{"type":"hello","max_message_bytes":N}` hub -> a
+bridge as it joins (the largest frame the hub takes: the bridge splits its output to fit),
+`{"type":"ping"}` -> `{"type":"pong"}`. One bridge
 per session (a new one replaces the old), any number of viewers; the last `buffer_bytes` of
 output are replayed to a viewer that joins late. Frames over `max_message_bytes`, and
 connections sending faster than `messages_per_second`, are closed. Heartbeats close dead
@@ -212,6 +214,9 @@ class RemoteHub:
 
     async def _join_bridge(self, session_id: str, ws: web.WebSocketResponse,
                            session: RemoteSession) -> None:
+        # the bridge cuts its output frames to fit `[remote] max_message_bytes`
+        await ws.send_bytes(orjson.dumps({"type": "hello",
+                                          "max_message_bytes": self.config.max_message_bytes}))
         old = await self.rooms.join_bridge(session_id, ws)
         if old is not None and not old.closed:
             self._closed_because[old] = "replaced by a new bridge"

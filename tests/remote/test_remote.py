@@ -316,3 +316,28 @@ async def test_bridge_reconnects_after_the_hub_restarts(live: dict[str, Any]) ->
             await client.close()
     finally:
         await stop(proc)
+
+
+async def test_bridge_output_fits_a_small_max_message_bytes(gateway_factory: Any) -> None:
+    """`[remote] max_message_bytes = 4096`: the hub tells the bridge as it joins, and 60 kB of
+    output arrive in frames the hub takes, over the one connection (before, the bridge's
+    own 32 kB batches closed it with 1009 and the output was lost)."""
+    gw = await gateway_factory({"remote": {"max_message_bytes": 4096}})
+    owner_id, key = await make_user(gw, "small@example.com")
+    session = await create_session(gw.db, owner_id, 2)
+    proc = await start_bridge(gw, session.id, key)
+    client = await browser(gw, "small@example.com")
+    try:
+        await wait_bridge(gw, session.id, proc)
+        phone = await viewer(client, gw, session.id)
+        await send_input(phone, "head -c 60000 /dev/zero | tr '\\0' x; echo; echo end-$((6*7))\n")
+        seen = await read_output(phone, b"end-42", timeout=20)
+        assert seen.count(b"x") >= 60_000
+        assert gw.remote.bridge_connected(session.id) and proc.returncode is None
+        connections = await gw.db.fetch_all("remote_connections_of_session",
+                                            {"session_id": session.id})
+        bridges = [c for c in connections if c["role"] == "bridge"]
+        assert len(bridges) == 1 and bridges[0]["ended_at"] is None, bridges
+    finally:
+        await client.close()
+        await stop(proc)
