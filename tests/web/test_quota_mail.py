@@ -14,7 +14,7 @@ import aiohttp
 
 from gateway.accounts.quota_notices import QuotaNotices
 from gateway.accounts.users import add_month
-from tests.helpers.gateway import Gateway, GatewayFactory
+from tests.helpers.gateway import Gateway, GatewayFactory, free_port
 from tests.helpers.payment import wait_until
 from tests.helpers.site import MESSAGE, SiteClient, make_user
 from web.site import SITE
@@ -204,3 +204,21 @@ async def test_the_mail_speaks_the_language_the_user_last_read_the_site_in(
     assert en["subject"] == "You have used 80% of this month's tokens", en
     assert "80,000 of the 100,000 tokens your plan tiny includes" in en["body_text"]
     assert "/dashboard" in en["body_text"] and "/billing" in en["body_text"]
+
+
+async def test_smtp_down_keeps_the_warning_in_the_outbox_as_failed_and_never_resends(
+        gateway_factory: GatewayFactory) -> None:
+    """At most once: with the mail server refusing connections the claimed warning is kept
+    as a failed mail (its text and the error, for the operator), and later looks do not
+    send it again."""
+    closed = free_port()  # nothing listens here
+    gw = await gateway_factory({**PLANS, "mail": {"smtp_host": "127.0.0.1",
+                                                  "smtp_port": closed, "security": "none",
+                                                  "timeout": 2}})
+    await make_user(gw, "offline@example.com", plan="tiny")
+    await charge(gw, "offline@example.com", LIMIT * 8 // 10)
+    assert await watcher(gw).check() == 1
+    assert await watcher(gw).check() == 0
+    (mail,) = await quota_mails(gw, "offline@example.com")
+    assert mail["status"] == "failed" and mail["error"], mail
+    assert "80,000" in mail["body_text"]
