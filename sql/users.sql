@@ -17,9 +17,10 @@ UPDATE users SET status = :status, session_epoch = session_epoch + 1, updated_at
 WHERE email = :email;
 
 -- name: user_end_sessions
--- Sign-out: every session cookie issued before now stops working (web/sessions.py). The
--- row's updated_at stays: nothing the key cache holds has changed.
-UPDATE users SET session_epoch = session_epoch + 1 WHERE id = :id;
+-- Sign-out: every session cookie issued before now stops working (web/sessions.py), but
+-- only when asked from a live session (:epoch is the cookie's): a cookie that is already
+-- dead cannot sign the user out again. updated_at stays: the key cache has nothing new.
+UPDATE users SET session_epoch = session_epoch + 1 WHERE id = :id AND session_epoch = :epoch;
 
 -- name: subscription_insert
 INSERT INTO subscriptions (user_id, plan, period_start, period_end, created_at, updated_at)

@@ -181,11 +181,12 @@ async def refresh_stamp(request: web.Request, row: Any) -> None:
 
 async def sign_out(request: web.Request) -> None:
     """End every session of the signed-in user (a copy of this cookie included), then
-    empty this browser's."""
+    empty this browser's. A cookie whose epoch is already past ends nothing: holding a
+    dead cookie must not let anyone sign the user out of their new sessions."""
     session = await get_session(request)
-    user_id = session.get("uid")
-    if isinstance(user_id, int):
-        await end_sessions(request.app[DATABASE], user_id)
+    user_id, epoch = session.get("uid"), session.get("epoch")
+    if isinstance(user_id, int) and isinstance(epoch, int):
+        await end_sessions(request.app[DATABASE], user_id, epoch)
     session.invalidate()
     request.pop(_USER, None)
     request[_USER_CHECKED] = True

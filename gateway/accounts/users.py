@@ -175,6 +175,7 @@ async def set_key_rpm(db: Store, key_id: int, rpm: int | None) -> None:
     await db.execute("key_set_rpm", {"key_id": key_id, "rpm": rpm, "now": time.time()})
 
 
-async def end_sessions(db: Store, user_id: int) -> None:
-    """Every signed-in cookie of this user stops working (the session epoch moves on)."""
-    await db.execute("user_end_sessions", {"id": user_id})
+async def end_sessions(db: Store, user_id: int, epoch: int) -> bool:
+    """Every signed-in cookie of this user stops working (the session epoch moves on), if
+    `epoch` (the asking cookie's) is still the current one; True when it was."""
+    return bool(await db.execute("user_end_sessions", {"id": user_id, "epoch": epoch}))

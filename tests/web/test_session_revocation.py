@@ -172,3 +172,24 @@ async def test_sign_out_in_one_browser_signs_out_every_browser(gateway: Gateway,
     finally:
         await first.close()
         await second.close()
+
+
+async def test_a_dead_cookie_cannot_sign_the_user_out_again(gateway: Gateway) -> None:
+    """A cookie that already stopped working (say, stolen before a sign-out) still holds
+    its CSRF token; posting /logout with it must not end the user's new session."""
+    client = await signed_in(gateway, "nuisance@example.com")
+    try:
+        old = session_cookie(client)
+        await client.get("/settings")  # the page's form holds the session's CSRF token
+        token = client.csrf
+        await client.post("/logout")
+        await client.log_in("nuisance@example.com")
+        assert (await client.get("/dashboard"))[0] == 200
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as thief, \
+                thief.post(gateway.url + "/logout", data={"csrf_token": token},
+                           headers={"Cookie": f"{SESSION_COOKIE}={old}"},
+                           allow_redirects=False) as r:
+            assert r.status == 303
+        assert (await client.get("/dashboard"))[0] == 200
+    finally:
+        await client.close()
