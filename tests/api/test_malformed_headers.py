@@ -34,6 +34,10 @@ def requests() -> list[tuple[str, bytes]]:
          + b"\x00x\r\n"),
         ("line too long", start + length + b"Cookie: s=" + cookie + b"c" * 9000 + b"\r\n"),
         ("bad request line", b"POST /v1/messages?key=" + key + b" HTTP/1.1\x01\r\nHost: x\r\n"),
+        ("request line too long", b"POST /v1/messages?key=" + key + b"k" * 9000
+         + b" HTTP/1.1\r\nHost: x\r\n"),
+        ("too many headers", start + length + b"".join(
+            b"x-h%d: %s\r\n" % (i, key) for i in range(200))),
         ("bad content-length", start + b"Content-Length: " + key + b"\r\n"),
         ("bad chunk size", start + b"Transfer-Encoding: chunked\r\nx-api-key: " + key
          + b"\r\n"),
