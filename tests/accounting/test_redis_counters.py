@@ -61,7 +61,7 @@ class Cluster:
     """N RedisCounters on one Redis and one database, as N gateway instances."""
 
     def __init__(self, db: Store, url: str, n: int, on_error: str = "fail_open",
-                 timeout: float = 1.0) -> None:
+                 timeout: float = 5.0) -> None:
         self.db = db
         self.nodes = [RedisCounters(db, PLANS, RedisConfig(url=url, on_error=on_error,
                                                            timeout=timeout))
