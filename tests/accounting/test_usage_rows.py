@@ -46,17 +46,23 @@ async def test_client_hanging_up_before_the_first_byte_leaves_a_row(
                                 "routing": {"health_interval": 0}})  # only our calls count
     key = await gw.new_key("h@example.com", plan="open")
 
-    async def hang_up(i: int) -> None:
-        async with aiohttp.ClientSession() as s:
-            try:
-                async with s.post(gw.url + "/v1/messages", json=body(f"r{i}", i % 2 == 0),
-                                  headers={"x-api-key": key},
-                                  timeout=aiohttp.ClientTimeout(total=0.3)) as r:
-                    await r.read()
-            except TimeoutError:
-                pass
+    async def ask(i: int) -> None:
+        async with aiohttp.ClientSession() as s, s.post(
+                gw.url + "/v1/messages", json=body(f"r{i}", i % 2 == 0),
+                headers={"x-api-key": key}) as r:
+            await r.read()
 
-    await asyncio.gather(*(hang_up(i) for i in range(100)))
+    # Hang up once the upstream holds at least half of them (its first byte is 1 s away),
+    # not after a fixed time: on a busy machine a fixed 0.3 s can pass before any is sent.
+    clients = [asyncio.create_task(ask(i)) for i in range(100)]
+    deadline = time.monotonic() + 20
+    while (await fake_stats(base))["total_requests"] < 50:
+        assert time.monotonic() < deadline, "the gateway never sent half of them upstream"
+        await asyncio.sleep(0.01)
+    for task in clients:
+        task.cancel()
+    await asyncio.gather(*clients, return_exceptions=True)
+    reached_at_hang_up = (await fake_stats(base))["total_requests"]
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         await gw.state.recorder.flush()
@@ -64,9 +70,13 @@ async def test_client_hanging_up_before_the_first_byte_leaves_a_row(
             break
         await asyncio.sleep(0.05)
     found = rows(gw.state.db.path)
-    reached = (await fake_stats(base))["total_requests"]  # on a busy machine some
-    assert reached > 0  # clients give up before the gateway sends them upstream: no row owed
-    assert len(found) == reached, f"{len(found)} rows for {reached} upstream calls"
+    reached = (await fake_stats(base))["total_requests"]
+    assert reached >= reached_at_hang_up >= 50
+    # Every call the upstream read has its row. A call the gateway had written to the
+    # socket when its client left may never be read by a busy upstream; it has a row too
+    # (the gateway cannot know, and charges the marked estimate), so rows can exceed reads,
+    # never the other way.
+    assert reached <= len(found) <= 100, f"{len(found)} rows for {reached} upstream calls"
     assert {r[0] for r in found} == {"client_disconnect"}
     assert all(r[1] == 1 and r[2] > 0 and r[4] == 1 for r in found)  # estimate, marked
 
