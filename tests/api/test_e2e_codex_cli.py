@@ -63,5 +63,7 @@ def test_codex_applies_a_patch_through_the_gateway_for_both_protocols() -> None:
     assert "PASS openai (dry run, SDK)" in dry.stdout
     assert "PASS anthropic (dry run, SDK)" in dry.stdout
     if REAL_CLI:
-        real = run_script("--task", "patch", timeout=1800)
+        # a name from Codex's catalogue: only those get the free-form apply_patch tool
+        real = run_script("--task", "patch", "--model", "gpt-5.5", timeout=1800)
         assert real.returncode == 0, real.stdout + real.stderr
+        assert "PASS openai:" in real.stdout and "PASS anthropic:" in real.stdout
