@@ -102,8 +102,10 @@ def resolve(peer: str | None, hops: list[str], trusted: tuple[Network, ...]) -> 
     """The client address given the peer and the forwarded chain (see the module doc)."""
     if not peer:
         return "unknown"
+    if not trusted:  # the default: no header is believed, nothing to parse
+        return peer
     nearest = parse_address(peer)
-    if nearest is None or not trusted or not _trusted(nearest, trusted):
+    if nearest is None or not _trusted(nearest, trusted):
         return peer
     for hop in reversed(hops):
         address = parse_address(hop)
