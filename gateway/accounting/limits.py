@@ -160,7 +160,6 @@ class MemoryCounters:
         while window and window[0] <= cutoff:
             window.popleft()
         reset_at = (window[0] + WINDOW) if window else now + WINDOW
-        headers = rate_headers(ask.rpm, len(window), reset_at)
         key_in_flight = self._key_in_flight.get(ask.key_id, 0)
         reserved, max_tokens = self._reservation(ask, quota)
         if (reserved < 0 or (plan.max_input_tokens and ask.input_estimate > plan.max_input_tokens)
@@ -168,6 +167,8 @@ class MemoryCounters:
                 or (ask.rpm and len(window) >= ask.rpm)
                 or (plan.concurrency and (quota.in_flight >= plan.concurrency
                                           or key_in_flight >= plan.concurrency))):
+            # the headers as they stand before this request (built only for a refusal)
+            headers = rate_headers(ask.rpm, len(window), reset_at)
             raise self._refusal(ask, quota, window, reset_at, headers, key_in_flight, now)
         window.append(now)
         quota.requests_today += 1
