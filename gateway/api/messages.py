@@ -107,20 +107,21 @@ async def relay(request: web.Request, key: KeyInfo, call: Call, admission: Admis
         trip.provider = served.candidate.provider.name
         reply = trip.reply = served.reply
         if not reply.stream:
-            response = web.Response(body=reply.body, headers=rate_headers,
-                                    content_type="application/json")
+            answer = web.Response(body=reply.body, headers=rate_headers,
+                                  content_type="application/json")
             trip.first_byte()
             status, error_type, http_status = "success", None, 200
-            return response
-        await stream_reply(request, reply, rate_headers, trip)
+            return answer
+        response = await stream_reply(request, reply, rate_headers, trip)
         failed = reply.failed
         status = "error" if failed else "success"
         error_type, http_status = (failed[0] if failed else None), 200
         if trip.cut:
             error_type = GATEWAY_SHUTDOWN
-        return trip.response
+        return response
     except asyncio.CancelledError:
-        if trip.response.prepared or not in_flight.was_cut():
+        prepared = trip.response is not None and trip.response.prepared
+        if prepared or not in_flight.was_cut():
             raise  # the client went away
         status, error_type, http_status = "error", GATEWAY_SHUTDOWN, 529
         raise ApiError("overloaded_error", SHUTTING_DOWN) from None
@@ -140,7 +141,7 @@ async def relay(request: web.Request, key: KeyInfo, call: Call, admission: Admis
 
 
 async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[str, str],
-                       trip: Trip) -> None:
+                       trip: Trip) -> web.StreamResponse:
     """Write the reply's SSE bytes as they arrive; a broken upstream ends in `error`."""
     response = trip.response = web.StreamResponse(
         headers={**SSE_HEADERS, **rate_headers, "request-id": trip.call.request_id})
@@ -179,6 +180,7 @@ async def stream_reply(request: web.Request, reply: Reply, rate_headers: dict[st
         # every byte of the answer was written, so the request succeeded all the same.
         log.debug("client closed before the end of the body (request %s)",
                   trip.call.request_id)
+    return response
 
 
 async def answer_remote_control(app: web.Application, key: KeyInfo, call: Call,
@@ -213,7 +215,7 @@ class Trip:
         self.first_byte_at: float | None = None
         self.provider = ""
         self.reply: Reply | None = None
-        self.response = web.StreamResponse()
+        self.response: web.StreamResponse | None = None  # prepared by stream_reply
         self.done = False
         self.cut = False  # ended by the shutdown grace (gateway/inflight.py)
 
