@@ -9,6 +9,7 @@ Claude Code appends (`[1m]`, `-1m`) are ignored, so `claude-opus-5-5[1m]` maps l
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,8 +21,10 @@ FAMILIES = ("opus", "sonnet", "haiku")
 _CONTEXT_SUFFIX = re.compile(r"(\[\d+[km]\]|-\d+[km])$", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=1024)
 def base_model_name(model: str) -> str:
-    """`claude-sonnet-4-6[1m]` -> `claude-sonnet-4-6`."""
+    """`claude-sonnet-4-6[1m]` -> `claude-sonnet-4-6` (memoized: a regex per provider per
+    request otherwise, for the handful of names clients send; bounded against junk names)."""
     return _CONTEXT_SUFFIX.sub("", model.strip())
 
 
