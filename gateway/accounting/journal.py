@@ -9,8 +9,8 @@ An append-only file of JSON lines next to the database (`<db>.journal`):
 - `d` (done): the finished usage row, exactly as the recorder will insert it;
 - `c` (committed): those request ids are in the database (their `s`/`d` are dead).
 
-`s` and `d` lines reach the kernel at the end of the event-loop iteration that made them
-(one `write` per iteration, however many requests started or finished in it), so a process
+An `s` line is handed to the kernel before the request goes upstream, and `d` lines at the
+end of the event-loop iteration that made them (one `write` for all of them), so a process
 killed with SIGKILL loses none of them, whatever the load: a timer tick can be starved for
 seconds on a busy machine, an iteration's end cannot. A background task appends the `p`
 lines every `WRITE_INTERVAL` and fsyncs every `FSYNC_INTERVAL` (what a power loss can
@@ -69,7 +69,11 @@ class Journal:
         entry = {"o": "s", "id": request_id, **entry}
         self._starts[request_id] = entry
         self._buffer.append(orjson.dumps(entry) + b"\n")
-        self._flush_soon()
+        # Written now, not at the iteration's end: the upstream request may leave in this
+        # same step (a pooled connection writes at once), and a kill between the two would
+        # leave an upstream call with no line. One small write per request start.
+        if self._loop is not None:
+            self._flush()
 
     def track(self, request_id: str, progress: Progress) -> None:
         """Sample this call's progress on every write tick until it is done."""

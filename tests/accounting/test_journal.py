@@ -27,14 +27,19 @@ def reopen(path: Path) -> tuple[set[str], set[str]]:
 
 
 async def test_lines_reach_the_file_when_the_loop_iteration_ends(tmp_path: Path) -> None:
-    """No timer has to run: after one loop turn the start and done lines are in the file,
-    which is what a kill -9 leaves behind (the background tick is never started here)."""
+    """No timer has to run: start lines are in the file at once, done lines after one loop
+    turn, which is what a kill -9 leaves behind (the background tick is never started)."""
     path = tmp_path / "db.journal"
     journal = Journal(path)
     journal.open()
     journal._loop = asyncio.get_running_loop()  # start() without the background tick
     for i in range(100):
         journal.started(f"s{i}", {"user_id": 1, "input_estimate": 10})
+    # a start line is on file before the request can go upstream, without a loop turn
+    assert reopen(path) == (set(), {f"s{i}" for i in range(100)})
+    journal = Journal(path)  # reopen() rewrote the file: carry on with a fresh handle
+    journal.open()
+    journal._loop = asyncio.get_running_loop()
     for i in range(50):
         journal.finished(row(f"s{i}"))
     await asyncio.sleep(0)  # one loop iteration

@@ -244,6 +244,13 @@ class Haproxy:
             self.proc = subprocess.Popen([exe, "-db", "-f", str(cfg)], stdout=out,
                                          stderr=subprocess.STDOUT)
         wait_port(self.port, 20, "haproxy", self.proc, self.log)
+        # the listener can be up a moment before the admin socket exists (seen under load)
+        deadline = time.monotonic() + 20
+        while not self.socket.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(f"haproxy admin socket {self.socket} never appeared: "
+                                   f"{self.log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.01)
         return self
 
     def command(self, line: str) -> str:
