@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import _ErrInfo
 
 from gateway.errors import error_body, should_retry
 
@@ -67,6 +68,19 @@ class GatewayRequestHandler(web.RequestHandler):
             response.headers["x-should-retry"] = "false"
         response.force_close()
         return response
+
+    def data_received(self, data: bytes) -> None:
+        """A framing error in the body of a request already being handled: aiohttp queues
+        a 400 for after it, but leaves that request's body waiting for bytes that will
+        never be framed, so its handler would hang until the client gives up. Fail the
+        body instead; the middleware answers 400 and closes the connection."""
+        before = len(self._messages)
+        super().data_received(data)
+        if len(self._messages) > before and isinstance(self._messages[-1][0], _ErrInfo):
+            request = self._current_request
+            if request is not None and not request.content.is_eof():
+                request.content.set_exception(
+                    web.RequestPayloadError("the body's framing broke mid-request"))
 
     def log_exception(self, *args: Any, **kw: Any) -> None:
         exc = kw.get("exc_info")

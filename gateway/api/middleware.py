@@ -126,9 +126,12 @@ async def _answer(request: web.Request,
     except web.RequestPayloadError as exc:  # a chunked or length framing that lied
         log.warning("malformed request body on %s (request %s): %s", request.path,
                     request_id, type(exc.__cause__ or exc).__name__)
-        return await _error(request, 400, "invalid_request_error",
-                            "malformed request body: its framing (chunked encoding or "
-                            "Content-Length) is broken", request_id), "invalid_request_error"
+        broken = await _error(request, 400, "invalid_request_error",
+                              "malformed request body: its framing (chunked encoding or "
+                              "Content-Length) is broken", request_id)
+        # the rest of the stream cannot be framed: no next request can be read from it
+        broken.force_close()
+        return broken, "invalid_request_error"
     except web.HTTPNotFound:
         return await _error(request, 404, "not_found_error",
                             f"no route for {request.method} {request.path}", request_id), \

@@ -211,7 +211,9 @@ async def test_sign_out_everywhere_closes_viewers_at_the_next_room_check(
         gateway: Gateway) -> None:
     user_id, _, _, browser, bridge, viewer = await connected_pair(gateway, "out@example.com")
     try:
-        await end_sessions(gateway.db, user_id)  # moves the epoch; no user-changed event
+        epoch = (await gateway.db.fetch_one("user_by_id", {"id": user_id}))["session_epoch"]
+        # sign-out from the live session: moves the epoch; no user-changed event
+        assert await end_sessions(gateway.db, user_id, epoch)
         codes = asyncio.gather(closed_with(bridge), closed_with(viewer))
         assert await gateway.remote.recheck_all() == 2  # what run_room_check does
         assert await codes == [CLOSE_REVOKED, CLOSE_REVOKED]
