@@ -13,20 +13,7 @@ import pytest
 from gateway.testing.fake_upstream import WRITE_CONTENT
 from gateway.testing.vendors import VENDORS
 from tests.compat import claude_code_body, final_of, rig, rows
-
-CLAUDE_CODE_TOOLS = [
-    {"name": "Read", "description": "Read a file", "input_schema": {
-        "type": "object", "properties": {"file_path": {"type": "string"}},
-        "required": ["file_path"]}},
-    {"name": "Write", "description": "Write a file", "input_schema": {
-        "type": "object", "properties": {"file_path": {"type": "string"},
-                                         "content": {"type": "string"}},
-        "required": ["file_path", "content"]}},
-    {"name": "Bash", "description": "Run a command", "input_schema": {
-        "type": "object", "properties": {"command": {"type": "string"},
-                                         "description": {"type": "string"}},
-        "required": ["command"]}},
-]
+from tests.helpers.agent_tools import AGENT_TOOLS as CLAUDE_CODE_TOOLS
 
 
 def run_tool(name: str, tool_input: dict[str, Any]) -> str:

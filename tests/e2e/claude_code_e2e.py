@@ -59,6 +59,7 @@ if str(ROOT) not in sys.path:
 
 from gateway.testing.fake_upstream import AGENT_BASH, WRITE_CONTENT  # noqa: E402
 from gateway.testing.vendors import VENDORS, thinking_active  # noqa: E402
+from tests.helpers.agent_tools import AGENT_TOOLS  # noqa: E402
 from tests.helpers.gateway import free_port, wait_for_port  # noqa: E402
 
 PROTOCOLS = ("openai", "anthropic")
@@ -391,21 +392,6 @@ def run_sdk_turns(base_url: str, key: str, target: Path) -> Outcome:
         raise E2EError(f"turn 2 (tool result) failed: {exc!r}") from exc
     text = "".join(block.text for block in second.content if block.type == "text")
     return Outcome(target, 0, text + "\n", "", time.monotonic() - started, "sdk")
-
-
-AGENT_TOOLS = [
-    {"name": "Read", "description": "Read a file", "input_schema": {
-        "type": "object", "properties": {"file_path": {"type": "string"}},
-        "required": ["file_path"]}},
-    {"name": "Write", "description": "Write a file", "input_schema": {
-        "type": "object", "properties": {"file_path": {"type": "string"},
-                                         "content": {"type": "string"}},
-        "required": ["file_path", "content"]}},
-    {"name": "Bash", "description": "Run a shell command", "input_schema": {
-        "type": "object", "properties": {"command": {"type": "string"},
-                                         "description": {"type": "string"}},
-        "required": ["command"]}},
-]
 
 
 def run_sdk_agent(base_url: str, key: str, task: Path, target: Path) -> Outcome:
